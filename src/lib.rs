@@ -1,0 +1,3 @@
+//! grpc-edge
+pub mod config;
+pub mod descriptors;
