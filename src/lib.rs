@@ -1,3 +1,40 @@
-//! grpc-edge
+//! grpc-edge: one small edge server for gRPC.
+//!
+//! It loads protobuf descriptors and serves, on one port, native gRPC
+//! (passed through frame by frame), and sends every call to a backend
+//! chosen per request by a built-in L7 balancer over pooled HTTP/2
+//! connections.
+//!
+//! # Layout
+//!
+//! - `config`: the YAML schema, units, loading with key-path errors, validation.
+//! - `descriptors`: FileDescriptorSets and `.proto` files merged into one pool; the method registry.
+//! - `routing`: gRPC path → upstream and timeouts.
+//! - `passthrough`: the native gRPC front end.
+//! - `upstream`: clusters, balancing, connection pools, calls.
+//! - `server`: listeners, protocol detection, HTTP/2 and HTTP/1.1 serving, graceful shutdown.
+//! - `status`, `grpc_timeout`, `body`: shared vocabulary.
+
+#![warn(missing_docs)]
+
+mod body;
 pub mod config;
 pub mod descriptors;
+mod gateway;
+mod grpc_timeout;
+mod passthrough;
+mod report;
+mod routing;
+pub mod server;
+mod status;
+mod upstream;
+
+#[cfg(feature = "demo")]
+pub mod demo;
+
+pub use body::Body;
+pub use gateway::{BuildError, ConnInfo, Gateway};
+pub use report::{check_warnings, route_lines};
+pub use server::{ServeOptions, serve};
+pub use status::{Code, Status};
+pub use upstream::EndpointSnapshot;

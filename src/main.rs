@@ -1,3 +1,175 @@
-fn main() {
-    println!("Hello, world!");
+//! The `grpc-edge` command: parses arguments, sets up logging, and calls the
+//! library. Every subcommand ends in one library call.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use grpc_edge::config::Config;
+use grpc_edge::{Gateway, ServeOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "grpc-edge",
+    version,
+    about = "One small edge server for gRPC: REST/JSON, gRPC-Web and native gRPC on one port, balanced per request."
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve until SIGTERM or SIGINT, then drain gracefully.
+    Serve {
+        /// Configuration file.
+        #[arg(long, default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Validate the configuration and descriptors and print the route table.
+    Check {
+        /// Configuration file.
+        #[arg(long, default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Print every route: METHOD  /path  →  pkg.Service/Method.
+    Routes {
+        /// Configuration file.
+        #[arg(long, default_value = "config/gateway.yaml")]
+        config: PathBuf,
+    },
+    /// Start three example backends on loopback and the gateway in front of them.
+    Demo {
+        /// Where the gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config } => serve(config).await,
+            Command::Check { config } => check(config),
+            Command::Routes { config } => routes(config),
+            Command::Demo { listen } => grpc_edge::demo::run(listen, shutdown_signal())
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn load(config: &PathBuf) -> Result<Gateway, String> {
+    tracing::info!(config = %config.display(), "loading configuration and descriptors");
+    let config = Config::from_file(config).map_err(|e| e.to_string())?;
+    Gateway::from_config(config).map_err(|e| e.to_string())
+}
+
+async fn serve(config: PathBuf) -> Result<(), String> {
+    let gateway = load(&config)?;
+    let listen = gateway.config().listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let methods = gateway.descriptors().registry().len();
+    tracing::info!(addr = %listener.local_addr().unwrap_or(listen), methods, "grpc-edge listening");
+    grpc_edge::serve(
+        gateway,
+        listener,
+        shutdown_signal(),
+        ServeOptions::default(),
+    )
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn check(config: PathBuf) -> Result<(), String> {
+    let gateway = load(&config)?;
+    println!("{}: OK", config.display());
+    print_routes(&gateway);
+    for warning in grpc_edge::check_warnings(&gateway) {
+        println!("warning: {warning}");
+    }
+    Ok(())
+}
+
+fn routes(config: PathBuf) -> Result<(), String> {
+    let gateway = load(&config)?;
+    print_routes(&gateway);
+    Ok(())
+}
+
+fn print_routes(gateway: &Gateway) {
+    for line in grpc_edge::route_lines(gateway) {
+        println!("{line}");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }

@@ -126,7 +126,10 @@ impl Config {
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {
-                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                    .into_iter()
+                    .flatten()
+                {
                     resolve(p);
                 }
             }
@@ -168,7 +171,9 @@ fn parse_yaml(text: &str) -> Result<Config, ConfigError> {
         };
         let mut error = ConfigError::new(key, rewrite_message(strip_location(&message)));
         if let Some(at) = e.location() {
-            error.message.push_str(&format!(" (line {}, column {})", at.line(), at.column()));
+            error
+                .message
+                .push_str(&format!(" (line {}, column {})", at.line(), at.column()));
         }
         error
     })
@@ -191,7 +196,11 @@ fn rewrite_message(message: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(body) = message.strip_prefix(prefix) {
             if let Some((got, expected)) = body.split_once(", expected ") {
-                return format!("expected {}, got {}", friendly_expected(expected), friendly_got(got));
+                return format!(
+                    "expected {}, got {}",
+                    friendly_expected(expected),
+                    friendly_got(got)
+                );
             }
         }
     }
@@ -210,7 +219,11 @@ fn rewrite_message(message: &str) -> String {
     if let Some(body) = message.strip_prefix("unknown variant `") {
         if let Some((variant, rest)) = body.split_once('`') {
             let known = list_after(rest, ", expected one of ");
-            let known = if known.is_empty() { list_after(rest, ", expected ") } else { known };
+            let known = if known.is_empty() {
+                list_after(rest, ", expected ")
+            } else {
+                known
+            };
             return format!("expected one of {}, got \"{variant}\"", known.join(", "));
         }
     }
@@ -263,7 +276,10 @@ fn friendly_got(got: &str) -> String {
 }
 
 /// The closest known name to `wrong`, if it is close enough to be a typo.
-pub(crate) fn did_you_mean<'a>(wrong: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(
+    wrong: &str,
+    known: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     known
         .into_iter()
         .map(|k| (edit_distance(wrong, k), k))

@@ -557,7 +557,9 @@ impl RouteMatch {
             return Ok(Self::Any);
         }
         let expected = || {
-            format!("expected \"*\", a service such as library.v1.LibraryService, or a method such as library.v1.LibraryService/GetBook, got \"{text}\"")
+            format!(
+                "expected \"*\", a service such as library.v1.LibraryService, or a method such as library.v1.LibraryService/GetBook, got \"{text}\""
+            )
         };
         let text = text.strip_prefix('/').unwrap_or(text);
         match text.split_once('/') {
@@ -588,7 +590,10 @@ impl RouteMatch {
         match self {
             Self::Any => true,
             Self::Service(s) => s == service,
-            Self::Method { service: s, method: m } => s == service && m == method,
+            Self::Method {
+                service: s,
+                method: m,
+            } => s == service && m == method,
         }
     }
 }

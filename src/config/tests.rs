@@ -31,7 +31,10 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(library.outlier_detection.consecutive_failures, 5);
     assert_eq!(library.retry.max_replay_buffer, ByteSize::kib(64));
     assert_eq!(config.routes[0].timeout, Duration::from_secs(15));
-    assert_eq!(config.routes[0].stream_idle_timeout, Duration::from_secs(300));
+    assert_eq!(
+        config.routes[0].stream_idle_timeout,
+        Duration::from_secs(300)
+    );
     assert_eq!(config.transcoding.max_request_body, ByteSize::mib(4));
     assert!(config.transcoding.reject_unknown_fields);
     assert!(config.cors.is_none() && config.admin.is_none() && config.tls.is_none());
@@ -56,23 +59,43 @@ fn type_errors_name_the_key_and_what_was_expected() {
 #[test]
 fn unknown_keys_are_errors_with_a_suggestion() {
     let yaml = MINIMAL.replace("listen:", "listn:");
-    assert!(error_for(&yaml).starts_with("listn: unknown key (did you mean \"listen\"?)"), "{}", error_for(&yaml));
+    assert!(
+        error_for(&yaml).starts_with("listn: unknown key (did you mean \"listen\"?)"),
+        "{}",
+        error_for(&yaml)
+    );
     let yaml = MINIMAL.replace("    endpoints:", "    endpionts: [\"x:1\"]\n    endpoints:");
-    assert!(error_for(&yaml).starts_with("upstreams.library.endpionts: unknown key (did you mean \"endpoints\"?)"));
-    let yaml = MINIMAL.replace("descriptors: []", "descriptors: [{proto: a.proto, inclde: [x]}]");
-    assert!(error_for(&yaml).starts_with("descriptors[0].inclde: unknown key (did you mean \"include\"?)"));
+    assert!(
+        error_for(&yaml)
+            .starts_with("upstreams.library.endpionts: unknown key (did you mean \"endpoints\"?)")
+    );
+    let yaml = MINIMAL.replace(
+        "descriptors: []",
+        "descriptors: [{proto: a.proto, inclde: [x]}]",
+    );
+    assert!(
+        error_for(&yaml)
+            .starts_with("descriptors[0].inclde: unknown key (did you mean \"include\"?)")
+    );
 }
 
 #[test]
 fn route_to_a_missing_upstream_suggests_the_closest_name() {
     let yaml = MINIMAL.replace("upstream: library", "upstream: libary");
-    assert_eq!(error_for(&yaml), "routes[0].upstream: no upstream named \"libary\" (did you mean \"library\"?)");
+    assert_eq!(
+        error_for(&yaml),
+        "routes[0].upstream: no upstream named \"libary\" (did you mean \"library\"?)"
+    );
 }
 
 #[test]
 fn bad_values_are_explained() {
     let cases = [
-        ("listen: 0.0.0.0:8080", "listen: nowhere", "listen: expected an address such as 0.0.0.0:8080"),
+        (
+            "listen: 0.0.0.0:8080",
+            "listen: nowhere",
+            "listen: expected an address such as 0.0.0.0:8080",
+        ),
         (
             "endpoints: [\"127.0.0.1:50051\"]",
             "endpoints: [\"127.0.0.1:50051\"]\n    connect_timeout: 5",
@@ -88,27 +111,49 @@ fn bad_values_are_explained() {
             "endpoints: [\"127.0.0.1:50051\"]\n    retry: {max_replay_buffer: 64KB}",
             "upstreams.library.retry.max_replay_buffer: expected a size such as 65536, 512KiB, 4MiB or 1GiB, got \"64KB\"",
         ),
-        ("endpoints: [\"127.0.0.1:50051\"]", "endpoints: [\"127.0.0.1\"]", "upstreams.library.endpoints[0]: expected host:port"),
-        ("endpoints: [\"127.0.0.1:50051\"]", "endpoints: []", "upstreams.library.endpoints: list at least one endpoint"),
+        (
+            "endpoints: [\"127.0.0.1:50051\"]",
+            "endpoints: [\"127.0.0.1\"]",
+            "upstreams.library.endpoints[0]: expected host:port",
+        ),
+        (
+            "endpoints: [\"127.0.0.1:50051\"]",
+            "endpoints: []",
+            "upstreams.library.endpoints: list at least one endpoint",
+        ),
         (
             "endpoints: [\"127.0.0.1:50051\"]",
             "endpoints: [\"a:1\"]\n    dns: b:1",
             "upstreams.library: set either endpoints or dns, not both",
         ),
-        ("match: \"*\"", "match: \"library.v1.Library/\"", "routes[0].match: expected \"*\", a service"),
+        (
+            "match: \"*\"",
+            "match: \"library.v1.Library/\"",
+            "routes[0].match: expected \"*\", a service",
+        ),
         ("upstreams:", "upstreams: {}\nx:", "x: unknown key"),
     ];
     for (from, to, expected) in cases {
         let yaml = MINIMAL.replace(from, to);
         let error = error_for(&yaml);
-        assert!(error.starts_with(expected), "for {to:?}:\n  got      {error}\n  expected {expected}");
+        assert!(
+            error.starts_with(expected),
+            "for {to:?}:\n  got      {error}\n  expected {expected}"
+        );
     }
 }
 
 #[test]
 fn duplicate_keys_and_syntax_errors_give_a_line() {
-    let yaml = MINIMAL.replace("routes:", "upstreams:\n  other: {endpoints: [\"a:1\"]}\nroutes:");
-    assert!(error_for(&yaml).contains("is defined twice (line"), "{}", error_for(&yaml));
+    let yaml = MINIMAL.replace(
+        "routes:",
+        "upstreams:\n  other: {endpoints: [\"a:1\"]}\nroutes:",
+    );
+    assert!(
+        error_for(&yaml).contains("is defined twice (line"),
+        "{}",
+        error_for(&yaml)
+    );
     let error = error_for("listen: [0.0.0.0:8080\n");
     assert!(error.contains("(line "), "{error}");
 }
@@ -120,7 +165,11 @@ fn shadowed_routes_are_reported() {
         "routes:\n  - {match: library.v1.Library, upstream: library}\n  - {match: library.v1.Library/GetBook, upstream: library}\n",
     );
     let error = error_for(&yaml);
-    assert!(error.contains("routes[1].match: \"library.v1.Library/GetBook\" can never match: routes[0]"), "{error}");
+    assert!(
+        error
+            .contains("routes[1].match: \"library.v1.Library/GetBook\" can never match: routes[0]"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -128,7 +177,9 @@ fn every_problem_is_reported_at_once() {
     let yaml = MINIMAL
         .replace("upstream: library", "upstream: nope")
         .replace("endpoints: [\"127.0.0.1:50051\"]", "endpoints: [\"bad\"]");
-    let Err(errors) = Config::from_yaml(&yaml) else { panic!("expected errors") };
+    let Err(errors) = Config::from_yaml(&yaml) else {
+        panic!("expected errors")
+    };
     assert_eq!(errors.0.len(), 2, "{errors}");
 }
 
@@ -140,7 +191,10 @@ fn descriptor_sources_accept_both_forms() {
     );
     let mut config = Config::from_yaml(&yaml).unwrap();
     config.resolve_paths(Path::new("/etc/edge"));
-    assert_eq!(config.descriptors[0], DescriptorSource::Set("/etc/edge/descriptors/library.binpb".into()));
+    assert_eq!(
+        config.descriptors[0],
+        DescriptorSource::Set("/etc/edge/descriptors/library.binpb".into())
+    );
     assert_eq!(
         config.descriptors[1],
         DescriptorSource::Proto {
@@ -158,7 +212,14 @@ fn route_matchers() {
     assert!(any.covers(&service) && service.covers(&method) && !method.covers(&service));
     assert!(service.matches("pkg.Svc", "Other") && !service.matches("pkg.Svc2", "Get"));
     assert!(method.matches("pkg.Svc", "Get") && !method.matches("pkg.Svc", "Put"));
-    for bad in ["", "pkg..Svc", "pkg.Svc/", "pkg.Svc/Get/x", "1pkg.Svc", "pkg Svc"] {
+    for bad in [
+        "",
+        "pkg..Svc",
+        "pkg.Svc/",
+        "pkg.Svc/Get/x",
+        "1pkg.Svc",
+        "pkg Svc",
+    ] {
         assert!(RouteMatch::parse(bad).is_err(), "{bad:?}");
     }
 }
@@ -168,7 +229,11 @@ fn hostile_yaml_is_an_error_not_a_hang() {
     // A billion-laughs style alias bomb and deep nesting must fail fast.
     let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x]\n");
     for i in 0..20 {
-        let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+        let prev = if i == 0 {
+            "a".to_string()
+        } else {
+            format!("l{}", i - 1)
+        };
         bomb.push_str(&format!("l{i}: &l{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
     }
     assert!(Config::from_yaml(&bomb).is_err());

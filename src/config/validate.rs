@@ -7,7 +7,10 @@ use super::{Config, ConfigError, RouteMatch, Upstream, did_you_mean};
 pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     if config.upstreams.is_empty() {
-        errors.push(ConfigError::new("upstreams", "at least one upstream is required"));
+        errors.push(ConfigError::new(
+            "upstreams",
+            "at least one upstream is required",
+        ));
     }
     for (name, upstream) in &config.upstreams {
         validate_upstream(&format!("upstreams.{name}"), upstream, &mut errors);
@@ -74,10 +77,19 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
         ("dns_refresh", upstream.dns_refresh),
         ("pool.max_connection_age", upstream.pool.max_connection_age),
         ("pool.idle_timeout", upstream.pool.idle_timeout),
-        ("http2.keepalive_interval", upstream.http2.keepalive_interval),
+        (
+            "http2.keepalive_interval",
+            upstream.http2.keepalive_interval,
+        ),
         ("http2.keepalive_timeout", upstream.http2.keepalive_timeout),
-        ("outlier_detection.interval", upstream.outlier_detection.interval),
-        ("outlier_detection.base_ejection_time", upstream.outlier_detection.base_ejection_time),
+        (
+            "outlier_detection.interval",
+            upstream.outlier_detection.interval,
+        ),
+        (
+            "outlier_detection.base_ejection_time",
+            upstream.outlier_detection.base_ejection_time,
+        ),
         ("limits.pending_timeout", upstream.limits.pending_timeout),
     ];
     for (field, value) in positive {
@@ -89,8 +101,14 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
         }
     }
     let windows = [
-        ("http2.initial_stream_window", upstream.http2.initial_stream_window),
-        ("http2.initial_connection_window", upstream.http2.initial_connection_window),
+        (
+            "http2.initial_stream_window",
+            upstream.http2.initial_stream_window,
+        ),
+        (
+            "http2.initial_connection_window",
+            upstream.http2.initial_connection_window,
+        ),
     ];
     for (field, value) in windows {
         if !(65_535..=(1 << 31) - 1).contains(&value.bytes()) {
@@ -124,13 +142,19 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
     if upstream.retry.budget_percent > 100 {
         errors.push(ConfigError::new(
             format!("{key}.retry.budget_percent"),
-            format!("expected a percentage from 0 to 100, got {}", upstream.retry.budget_percent),
+            format!(
+                "expected a percentage from 0 to 100, got {}",
+                upstream.retry.budget_percent
+            ),
         ));
     }
     if upstream.retry.backoff.max < upstream.retry.backoff.base {
         errors.push(ConfigError::new(
             format!("{key}.retry.backoff.max"),
-            format!("must not be shorter than base ({})", upstream.retry.backoff.base),
+            format!(
+                "must not be shorter than base ({})",
+                upstream.retry.backoff.base
+            ),
         ));
     }
     if let Some(hc) = &upstream.health_check {
@@ -153,12 +177,18 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
 
 /// Checks `host:port` (IPv6 in brackets) and returns why it is not.
 fn check_host_port(text: &str) -> Result<(), String> {
-    let bad = || format!("expected host:port such as 127.0.0.1:50051 or svc.ns.svc.cluster.local:50051, got \"{text}\"");
+    let bad = || {
+        format!(
+            "expected host:port such as 127.0.0.1:50051 or svc.ns.svc.cluster.local:50051, got \"{text}\""
+        )
+    };
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad());
     }
-    if host.starts_with('[') != host.ends_with(']') || (host.contains(':') && !host.starts_with('[')) {
+    if host.starts_with('[') != host.ends_with(']')
+        || (host.contains(':') && !host.starts_with('['))
+    {
         return Err(bad());
     }
     Ok(())
@@ -188,13 +218,18 @@ fn validate_routes(config: &Config, errors: &mut Vec<ConfigError>) {
         }
         if !config.upstreams.contains_key(&route.upstream) {
             let mut message = format!("no upstream named \"{}\"", route.upstream);
-            if let Some(best) = did_you_mean(&route.upstream, config.upstreams.keys().map(String::as_str)) {
+            if let Some(best) =
+                did_you_mean(&route.upstream, config.upstreams.keys().map(String::as_str))
+            {
                 message.push_str(&format!(" (did you mean \"{best}\"?)"));
             }
             errors.push(ConfigError::new(format!("{key}.upstream"), message));
         }
         if route.timeout.get().is_zero() {
-            errors.push(ConfigError::new(format!("{key}.timeout"), "expected a duration above zero, got 0"));
+            errors.push(ConfigError::new(
+                format!("{key}.timeout"),
+                "expected a duration above zero, got 0",
+            ));
         }
         if route.stream_idle_timeout.get().is_zero() {
             errors.push(ConfigError::new(

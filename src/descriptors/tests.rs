@@ -25,17 +25,39 @@ fn descriptor_set_keeps_http_annotations_and_registers_methods() {
     let mut builder = PoolBuilder::new();
     builder.add_file_descriptor_set(demo_set(), "demo").unwrap();
     let descriptors = builder.build().unwrap();
-    let get = descriptors.registry().get("/demo.v1.OrderService/GetOrder").unwrap();
+    let get = descriptors
+        .registry()
+        .get("/demo.v1.OrderService/GetOrder")
+        .unwrap();
     assert_eq!(get.kind, CallKind::Unary);
     assert_eq!(get.service(), "demo.v1.OrderService");
-    let http = descriptors.pool().get_extension_by_name("google.api.http").unwrap();
+    let http = descriptors
+        .pool()
+        .get_extension_by_name("google.api.http")
+        .unwrap();
     let options = get.descriptor.options();
-    assert!(options.has_extension(&http), "google.api.http option lost in the merge");
+    assert!(
+        options.has_extension(&http),
+        "google.api.http option lost in the merge"
+    );
     let kinds: Vec<_> = ["WatchOrder", "ImportOrders", "Chat"]
         .iter()
-        .map(|m| descriptors.registry().get(&format!("/demo.v1.OrderService/{m}")).unwrap().kind)
+        .map(|m| {
+            descriptors
+                .registry()
+                .get(&format!("/demo.v1.OrderService/{m}"))
+                .unwrap()
+                .kind
+        })
         .collect();
-    assert_eq!(kinds, [CallKind::ServerStreaming, CallKind::ClientStreaming, CallKind::BidiStreaming]);
+    assert_eq!(
+        kinds,
+        [
+            CallKind::ServerStreaming,
+            CallKind::ClientStreaming,
+            CallKind::BidiStreaming
+        ]
+    );
 }
 
 #[test]
@@ -51,10 +73,19 @@ fn proto_sources_compile_without_protoc() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("proto");
     let mut builder = PoolBuilder::new();
     builder
-        .add_proto_file(&root.join("demo/v1/orders.proto"), &[root.clone()], "demo proto")
+        .add_proto_file(
+            &root.join("demo/v1/orders.proto"),
+            &[root.clone()],
+            "demo proto",
+        )
         .unwrap();
     let descriptors = builder.build().unwrap();
-    assert!(descriptors.registry().get("/demo.v1.OrderService/Chat").is_some());
+    assert!(
+        descriptors
+            .registry()
+            .get("/demo.v1.OrderService/Chat")
+            .is_some()
+    );
 }
 
 #[test]
@@ -66,20 +97,37 @@ fn proto_importing_google_api_needs_no_vendored_copy() {
     )
     .unwrap();
     let mut builder = PoolBuilder::new();
-    builder.add_proto_file(&dir.path().join("svc.proto"), &[dir.path().to_path_buf()], "svc").unwrap();
+    builder
+        .add_proto_file(
+            &dir.path().join("svc.proto"),
+            &[dir.path().to_path_buf()],
+            "svc",
+        )
+        .unwrap();
     let descriptors = builder.build().unwrap();
     let method = descriptors.registry().get("/x.v1.S/Get").unwrap();
-    let http = descriptors.pool().get_extension_by_name("google.api.http").unwrap();
+    let http = descriptors
+        .pool()
+        .get_extension_by_name("google.api.http")
+        .unwrap();
     assert!(method.descriptor.options().has_extension(&http));
 }
 
 #[test]
 fn proto_syntax_error_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.proto"), "syntax = \"proto3\";\n\nmessage M {\n  string a = ;\n}\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.proto"),
+        "syntax = \"proto3\";\n\nmessage M {\n  string a = ;\n}\n",
+    )
+    .unwrap();
     let mut builder = PoolBuilder::new();
     let err = builder
-        .add_proto_file(&dir.path().join("bad.proto"), &[dir.path().to_path_buf()], "descriptors[0] (bad.proto)")
+        .add_proto_file(
+            &dir.path().join("bad.proto"),
+            &[dir.path().to_path_buf()],
+            "descriptors[0] (bad.proto)",
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("bad.proto:4:"), "{err}");
@@ -89,10 +137,18 @@ fn proto_syntax_error_names_file_line_and_column() {
 #[test]
 fn missing_import_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("a.proto"), "syntax = \"proto3\";\nimport \"nowhere/b.proto\";\n").unwrap();
+    std::fs::write(
+        dir.path().join("a.proto"),
+        "syntax = \"proto3\";\nimport \"nowhere/b.proto\";\n",
+    )
+    .unwrap();
     let mut builder = PoolBuilder::new();
     let err = builder
-        .add_proto_file(&dir.path().join("a.proto"), &[dir.path().to_path_buf()], "a")
+        .add_proto_file(
+            &dir.path().join("a.proto"),
+            &[dir.path().to_path_buf()],
+            "a",
+        )
         .unwrap_err()
         .to_string();
     assert!(err.contains("nowhere/b.proto"), "{err}");
@@ -100,10 +156,21 @@ fn missing_import_is_named() {
 
 #[test]
 fn garbage_is_not_a_descriptor_set() {
-    for garbage in [&b"listen: 0.0.0.0:8080\n"[..], b"\x0a\xff\xff\xff\xff\x0f", b"", b"\x0a\x05abc"] {
+    for garbage in [
+        &b"listen: 0.0.0.0:8080\n"[..],
+        b"\x0a\xff\xff\xff\xff\x0f",
+        b"",
+        b"\x0a\x05abc",
+    ] {
         let mut builder = PoolBuilder::new();
-        let err = builder.add_file_descriptor_set(Bytes::copy_from_slice(garbage), "x.binpb").unwrap_err();
-        assert!(err.to_string().starts_with("x.binpb: not a FileDescriptorSet"), "{err}");
+        let err = builder
+            .add_file_descriptor_set(Bytes::copy_from_slice(garbage), "x.binpb")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("x.binpb: not a FileDescriptorSet"),
+            "{err}"
+        );
     }
 }
 
@@ -121,26 +188,45 @@ fn conflicting_definitions_name_both_sources() {
         Bytes::from(compiler.encode_file_descriptor_set())
     };
     let mut builder = PoolBuilder::new();
-    builder.add_file_descriptor_set(one("a"), "first.binpb").unwrap();
-    let err = builder.add_file_descriptor_set(one("b"), "second.binpb").unwrap_err().to_string();
-    assert_eq!(err, "second.binpb: file \"m.proto\" is defined differently here and in first.binpb");
+    builder
+        .add_file_descriptor_set(one("a"), "first.binpb")
+        .unwrap();
+    let err = builder
+        .add_file_descriptor_set(one("b"), "second.binpb")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "second.binpb: file \"m.proto\" is defined differently here and in first.binpb"
+    );
 }
 
 #[test]
 fn one_symbol_in_two_files_names_both() {
     let set = |file: &str| {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(file), "syntax = \"proto3\";\npackage p;\nmessage M { string a = 1; }\n").unwrap();
+        std::fs::write(
+            dir.path().join(file),
+            "syntax = \"proto3\";\npackage p;\nmessage M { string a = 1; }\n",
+        )
+        .unwrap();
         let mut compiler = protox::Compiler::new([dir.path()]).unwrap();
         compiler.open_file(file).unwrap();
         Bytes::from(compiler.encode_file_descriptor_set())
     };
     let mut builder = PoolBuilder::new();
-    builder.add_file_descriptor_set(set("one.proto"), "first.binpb").unwrap();
-    builder.add_file_descriptor_set(set("two.proto"), "second.binpb").unwrap();
+    builder
+        .add_file_descriptor_set(set("one.proto"), "first.binpb")
+        .unwrap();
+    builder
+        .add_file_descriptor_set(set("two.proto"), "second.binpb")
+        .unwrap();
     let err = builder.build().unwrap_err().to_string();
     assert!(err.contains("\"p.M\" is defined in"), "{err}");
-    assert!(err.contains("first.binpb") && err.contains("second.binpb"), "{err}");
+    assert!(
+        err.contains("first.binpb") && err.contains("second.binpb"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -154,9 +240,16 @@ fn users_copy_of_a_builtin_file_wins() {
     .unwrap();
     let mut builder = PoolBuilder::new();
     builder
-        .add_proto_file(&dir.path().join("google/rpc/status.proto"), &[dir.path().to_path_buf()], "mine")
+        .add_proto_file(
+            &dir.path().join("google/rpc/status.proto"),
+            &[dir.path().to_path_buf()],
+            "mine",
+        )
         .unwrap();
     let pool = builder.build().unwrap();
-    let status = pool.pool().get_message_by_name("google.rpc.Status").unwrap();
+    let status = pool
+        .pool()
+        .get_message_by_name("google.rpc.Status")
+        .unwrap();
     assert!(status.get_field_by_name("extra").is_some());
 }

@@ -1,0 +1,211 @@
+//! The gateway: configuration, descriptors, upstream clusters and routes
+//! assembled once, and the entry point every front end calls with a request.
+//!
+//! `Gateway::handle` classifies a request by content type — native gRPC,
+//! gRPC-Web, or REST — and hands it to that front end. It opens no sockets;
+//! `server` does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response};
+
+use crate::body::Body;
+use crate::config::{Config, ConfigErrors};
+use crate::descriptors::{DescriptorError, Descriptors};
+use crate::routing::RouteTable;
+use crate::status::{Code, Status};
+use crate::upstream::Cluster;
+
+/// Why a gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// Descriptors could not be loaded.
+    #[error("{0}")]
+    Descriptors(#[from] DescriptorError),
+    /// Something else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Facts about the client connection a request arrived on.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: Option<SocketAddr>,
+    /// The client's IP, ready for `x-forwarded-for`.
+    pub(crate) forwarded_for: Option<HeaderValue>,
+    /// `http` or `https`, for `x-forwarded-proto`.
+    pub(crate) scheme: &'static str,
+}
+
+impl ConnInfo {
+    /// Information about a plaintext connection from `remote`.
+    pub fn new(remote: Option<SocketAddr>, tls: bool) -> Self {
+        let forwarded_for =
+            remote.and_then(|addr| HeaderValue::from_str(&addr.ip().to_string()).ok());
+        Self {
+            remote,
+            forwarded_for,
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+}
+
+/// The request's protocol, from its content type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Grpc,
+    GrpcWeb,
+    Rest,
+}
+
+impl Protocol {
+    pub(crate) fn of<B>(request: &Request<B>) -> Self {
+        let Some(content_type) = request.headers().get(http::header::CONTENT_TYPE) else {
+            return Self::Rest;
+        };
+        let ct = content_type.as_bytes();
+        if let Some(rest) = ct.strip_prefix(b"application/grpc") {
+            if rest.starts_with(b"-web") {
+                return Self::GrpcWeb;
+            }
+            if rest.is_empty() || rest[0] == b'+' || rest[0] == b';' {
+                return Self::Grpc;
+            }
+        }
+        Self::Rest
+    }
+}
+
+struct Inner {
+    config: Config,
+    descriptors: Descriptors,
+    clusters: HashMap<String, Arc<Cluster>>,
+    routes: RouteTable,
+}
+
+/// A configured gateway; cheap to clone (all clones share one state).
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl Gateway {
+    /// Builds a gateway from a configuration file (relative paths resolve against its directory).
+    pub fn from_config_file(path: impl AsRef<Path>) -> Result<Self, BuildError> {
+        let config = Config::from_file(path)?;
+        Self::from_config(config)
+    }
+
+    /// Builds a gateway from a configuration: loads and merges descriptors,
+    /// creates the upstream clusters and resolves the routes.
+    pub fn from_config(config: Config) -> Result<Self, BuildError> {
+        config.validate()?;
+        let descriptors = Descriptors::load(&config.descriptors)?;
+        Self::with_descriptors(config, descriptors)
+    }
+
+    /// Builds a gateway from a configuration and descriptors loaded elsewhere
+    /// (the configuration's own `descriptors` list is not read).
+    pub fn with_descriptors(config: Config, descriptors: Descriptors) -> Result<Self, BuildError> {
+        config.validate()?;
+        let mut clusters = HashMap::new();
+        for (name, upstream) in &config.upstreams {
+            let cluster = Cluster::from_config(name, upstream).map_err(BuildError::Other)?;
+            clusters.insert(name.clone(), cluster);
+        }
+        let routes = RouteTable::new(&config.routes, &clusters, descriptors.registry())
+            .map_err(BuildError::Other)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                descriptors,
+                clusters,
+                routes,
+            }),
+        })
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The merged descriptor pool and method registry.
+    pub fn descriptors(&self) -> &Descriptors {
+        &self.inner.descriptors
+    }
+
+    pub(crate) fn routes(&self) -> &RouteTable {
+        &self.inner.routes
+    }
+
+    /// Each upstream's endpoints as the gateway sees them now.
+    pub fn upstream_snapshot(&self) -> Vec<(String, Vec<crate::upstream::EndpointSnapshot>)> {
+        let mut all: Vec<_> = self
+            .inner
+            .clusters
+            .iter()
+            .map(|(name, cluster)| (name.clone(), cluster.snapshot()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The gRPC method routes: `(path, upstream, call kind)`, sorted by path.
+    pub fn method_routes(&self) -> Vec<(String, String, &'static str)> {
+        self.inner
+            .routes
+            .known_paths()
+            .into_iter()
+            .map(|(path, target)| {
+                let kind = target.kind.map_or("unknown", |k| k.as_str());
+                (path.to_string(), target.cluster.name.to_string(), kind)
+            })
+            .collect()
+    }
+
+    /// Closes upstream connections once their calls finish.
+    pub fn close_upstreams(&self) {
+        for cluster in self.inner.clusters.values() {
+            cluster.close();
+        }
+    }
+
+    /// Handles one request from any front end.
+    pub async fn handle(&self, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
+        match Protocol::of(&request) {
+            Protocol::Grpc => crate::passthrough::forward(self, request, conn).await,
+            Protocol::GrpcWeb | Protocol::Rest => not_found(request.uri().path()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("descriptors", &self.inner.descriptors)
+            .field("upstreams", &self.inner.clusters.len())
+            .finish()
+    }
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    let shown: String = path.chars().take(256).collect();
+    let status = Status::new(Code::NotFound, format!("no route for {shown}"));
+    let body =
+        serde_json::json!({"code": status.code.as_i32(), "message": status.message, "details": []});
+    let mut response = Response::new(Body::full(body.to_string()));
+    *response.status_mut() = http::StatusCode::NOT_FOUND;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

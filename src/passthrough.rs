@@ -1,0 +1,105 @@
+//! The native gRPC front end: routes a call by its `:path`, settles its
+//! deadline, adds forwarding metadata and hands it to the upstream cluster.
+//! Frames pass through untouched in both directions; nothing here reads a
+//! message.
+
+use std::time::Duration;
+
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::gateway::{ConnInfo, Gateway};
+use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::status::{Code, Status};
+use crate::upstream::{CallOptions, Deadline, add_forwarded};
+
+/// Forwards one native gRPC call.
+pub(crate) async fn forward(
+    gateway: &Gateway,
+    mut request: Request<Body>,
+    conn: &ConnInfo,
+) -> Response<Body> {
+    let received = Instant::now();
+    let Some(target) = gateway.routes().resolve(request.uri().path()) else {
+        return unknown_method(request.uri().path());
+    };
+    let client_timeout = match request.headers().get(GRPC_TIMEOUT) {
+        None => None,
+        Some(value) => match grpc_timeout::parse(value.as_bytes()) {
+            Ok(timeout) => Some(timeout),
+            Err(error) => {
+                return Status::new(Code::InvalidArgument, error.to_string()).to_grpc_response();
+            }
+        },
+    };
+    let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
+    let options = CallOptions {
+        deadline: deadline(
+            received,
+            client_timeout,
+            (!streaming).then_some(target.timeout),
+        ),
+        idle_timeout: streaming.then_some(target.stream_idle_timeout),
+    };
+    if request.version() != http::Version::HTTP_2 {
+        strip_connection_headers(request.headers_mut());
+    }
+    let headers = request.headers_mut();
+    add_forwarded(headers, conn.forwarded_for.as_ref(), conn.scheme);
+    target.cluster.call(request, options).await
+}
+
+/// The earlier of the client's `grpc-timeout` and the route's timeout.
+fn deadline(
+    received: Instant,
+    client: Option<Duration>,
+    route: Option<Duration>,
+) -> Option<Deadline> {
+    match (client, route) {
+        (Some(c), Some(r)) if r < c => Some(Deadline {
+            at: received + r,
+            from_client: false,
+        }),
+        (Some(c), _) => Some(Deadline {
+            at: received + c,
+            from_client: true,
+        }),
+        (None, Some(r)) => Some(Deadline {
+            at: received + r,
+            from_client: false,
+        }),
+        (None, None) => None,
+    }
+}
+
+fn unknown_method(path: &str) -> Response<Body> {
+    let shown: String = path.chars().take(256).collect();
+    let message = match crate::routing::split_grpc_path(path) {
+        Some((service, _)) => format!("unknown service {service}: no route matches {shown}"),
+        None => format!("malformed gRPC path {shown:?}: expected /package.Service/Method"),
+    };
+    Status::new(Code::Unimplemented, message).to_grpc_response()
+}
+
+/// Headers that describe one HTTP/1.1 hop and must not travel upstream.
+fn strip_connection_headers(headers: &mut http::HeaderMap) {
+    use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+    if let Some(listed) = headers
+        .get(CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in listed.split(',') {
+            headers.remove(name.trim());
+        }
+    }
+    for name in [CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if headers.get(TE).is_some_and(|v| v != "trailers") {
+        headers.remove(TE);
+    }
+}

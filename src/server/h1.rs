@@ -1,0 +1,56 @@
+//! Serves HTTP/1.1 connections (REST and gRPC-Web from browsers and curl)
+//! with hyper, with a header read timeout and bounded buffers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use super::Limits;
+use crate::body::Body;
+use crate::gateway::{ConnInfo, Gateway};
+
+/// Serves one HTTP/1.1 connection until it closes, or until a graceful
+/// shutdown lets the request in progress finish.
+pub(crate) async fn serve<IO>(
+    io: IO,
+    gateway: Gateway,
+    info: Arc<ConnInfo>,
+    limits: Arc<Limits>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let gateway = gateway.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::hyper), &info).await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout)
+        .max_buf_size(limits.max_header_list_size as usize + 8192)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let mut draining = *shutdown.borrow();
+    if draining {
+        connection.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "HTTP/1.1 connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Listeners: accepts connections on the one port, tells HTTP/2 (prior
+//! knowledge, the client preface) from HTTP/1.1 by the first bytes, serves
+//! each with the right protocol, and shuts down gracefully — stop accepting,
+//! send GOAWAY / finish the request in progress, wait for in-flight calls up
+//! to a deadline, then return.
+
+mod h1;
+mod h2;
+mod io;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::gateway::{ConnInfo, Gateway};
+
+/// The HTTP/2 client connection preface.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Protocol limits for client connections.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// HTTP/2 stream flow-control window.
+    pub stream_window: u32,
+    /// HTTP/2 connection flow-control window.
+    pub connection_window: u32,
+    /// Concurrent streams per HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Largest header block accepted (HTTP/2) or header section (HTTP/1.1).
+    pub max_header_list_size: u32,
+    /// Bytes buffered per stream for a slow client before writes wait.
+    pub max_send_buffer: usize,
+    /// Time allowed for a new connection to send its first request headers.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            stream_window: 1 << 20,
+            connection_window: 2 << 20,
+            max_concurrent_streams: 1000,
+            max_header_list_size: 64 << 10,
+            max_send_buffer: 256 << 10,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Limits for client connections.
+    pub limits: Limits,
+    /// How long a shutdown waits for calls in flight before returning.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counts live connections so a shutdown can wait for them.
+#[derive(Default)]
+struct Tracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackerGuard(Arc<Tracker>);
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackerGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        TrackerGuard(self.clone())
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then drains:
+/// the listener closes at once (new connections are refused), HTTP/2 clients
+/// get GOAWAY, and calls in flight have `drain_timeout` to finish.
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    options: ServeOptions,
+) {
+    let limits = Arc::new(options.limits);
+    let tracker = Arc::new(Tracker::default());
+    let (stop, stopped) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, remote)) => {
+                    let guard = tracker.enter();
+                    let gateway = gateway.clone();
+                    let limits = limits.clone();
+                    let stopped = stopped.clone();
+                    tokio::spawn(async move {
+                        serve_connection(tcp, remote, gateway, limits, stopped).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    let in_flight = tracker.active.load(Ordering::Acquire);
+    tracing::info!(connections = in_flight, drain_timeout = ?options.drain_timeout, "shutting down: draining connections");
+    let idle = tracker.idle.notified();
+    tokio::pin!(idle);
+    idle.as_mut().enable();
+    if tracker.active.load(Ordering::Acquire) > 0
+        && tokio::time::timeout(options.drain_timeout, idle)
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            connections = tracker.active.load(Ordering::Acquire),
+            "drain timeout reached; closing remaining connections"
+        );
+    }
+    gateway.close_upstreams();
+}
+
+/// Sniffs the protocol and serves one connection.
+async fn serve_connection(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    gateway: Gateway,
+    limits: Arc<Limits>,
+    stopped: watch::Receiver<bool>,
+) {
+    // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    let info = Arc::new(ConnInfo::new(Some(remote), false));
+    let mut first = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let sniff = async {
+        loop {
+            let n = tcp.read(&mut first[filled..]).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(None);
+            }
+            filled += n;
+            if first[..filled] != H2_PREFACE[..filled] {
+                return Ok(Some(false));
+            }
+            if filled == H2_PREFACE.len() {
+                return Ok(Some(true));
+            }
+        }
+    };
+    let is_h2 = match tokio::time::timeout(limits.handshake_timeout, sniff).await {
+        Ok(Ok(Some(is_h2))) => is_h2,
+        Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
+    };
+    let io = io::Prefixed::new(Bytes::copy_from_slice(&first[..filled]), tcp);
+    if is_h2 {
+        h2::serve(io, gateway, info, limits, stopped).await;
+    } else {
+        h1::serve(io, gateway, info, limits, stopped).await;
+    }
+}

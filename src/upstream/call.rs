@@ -1,0 +1,486 @@
+//! One call on an upstream HTTP/2 stream: the request pump (client → backend,
+//! with back-pressure and a bounded replay copy for transparent retries) and
+//! the response body (backend → client) that enforces the deadline and the
+//! stream idle timeout, turns stream failures into gRPC status trailers, and
+//! reports the call's outcome when it ends.
+//!
+//! Frames are handed on as `Bytes` exactly as they arrived; messages are never
+//! decoded here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body as _, Frame};
+use tokio::time::{Instant, Sleep};
+
+use super::clock::Clock;
+use super::endpoint::Endpoint;
+use super::pool::Slot;
+use crate::body::{Body, BoxError};
+use crate::status::{Code, Status};
+
+/// Whether a finished call speaks against the endpoint that served it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The backend answered (an application error such as NOT_FOUND is an answer).
+    Success,
+    /// UNAVAILABLE, INTERNAL, UNKNOWN, DATA_LOSS, or a transport failure.
+    Failure,
+    /// Says nothing about the backend: the client cancelled, or its own deadline ran out.
+    Neutral,
+}
+
+impl Outcome {
+    pub(crate) fn of_code(code: Code) -> Self {
+        match code {
+            Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => Self::Failure,
+            Code::Cancelled => Self::Neutral,
+            _ => Self::Success,
+        }
+    }
+}
+
+/// Holds an endpoint's in-flight count and a stream slot for the life of a
+/// call, and reports the outcome to the endpoint when dropped.
+pub(crate) struct CallGuard {
+    endpoint: Arc<Endpoint>,
+    slot: Slot,
+    outcome: Outcome,
+}
+
+impl CallGuard {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, slot: Slot) -> Self {
+        Self {
+            endpoint,
+            slot,
+            // A call dropped before it finished was cancelled by the client.
+            outcome: Outcome::Neutral,
+        }
+    }
+
+    pub(crate) fn finish(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.endpoint.end_call(self.outcome == Outcome::Failure);
+    }
+}
+
+/// The data of a request kept for a retry, while it stays under the limit.
+pub(crate) struct Replay {
+    chunks: Vec<Bytes>,
+    size: usize,
+    limit: usize,
+    complete: bool,
+    overflowed: bool,
+}
+
+impl Replay {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            chunks: Vec::new(),
+            size: 0,
+            limit,
+            complete: false,
+            overflowed: false,
+        }
+    }
+
+    fn record(&mut self, chunk: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.size += chunk.len();
+        if self.size > self.limit {
+            self.overflowed = true;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(chunk.clone());
+        }
+    }
+
+    /// A fresh body with the same data, if the whole request was recorded.
+    pub(crate) fn body(&self) -> Option<Body> {
+        (self.complete && !self.overflowed).then(|| Body::from_chunks(self.chunks.clone(), None))
+    }
+}
+
+/// Copies the client's request body onto the upstream stream.
+pub(crate) struct RequestPump {
+    body: Body,
+    send: h2::SendStream<Bytes>,
+    pending: Option<Bytes>,
+    pub(crate) replay: Option<Replay>,
+    activity: Option<Arc<Activity>>,
+}
+
+/// Why the request pump stopped early.
+#[derive(Debug)]
+pub(crate) enum PumpError {
+    /// The client's body failed (it reset the stream or the connection broke).
+    Downstream(BoxError),
+    /// The upstream stream closed or was reset; the response side reports why.
+    Upstream,
+}
+
+impl RequestPump {
+    pub(crate) fn new(
+        body: Body,
+        send: h2::SendStream<Bytes>,
+        replay: Option<Replay>,
+        activity: Option<Arc<Activity>>,
+    ) -> Self {
+        Self {
+            body,
+            send,
+            pending: None,
+            replay,
+            activity,
+        }
+    }
+
+    /// Moves as much of the body as flow control allows; `Ready` when done.
+    pub(crate) fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        loop {
+            if let Some(data) = self.pending.take() {
+                // Wait for window before handing h2 more, so a slow backend
+                // slows the client down instead of filling our memory.
+                self.send.reserve_capacity(data.len());
+                if self.send.capacity() == 0 {
+                    loop {
+                        match self.send.poll_capacity(cx) {
+                            Poll::Pending => {
+                                self.pending = Some(data);
+                                return Poll::Pending;
+                            }
+                            Poll::Ready(Some(Ok(0))) => continue,
+                            Poll::Ready(Some(Ok(_))) => break,
+                            Poll::Ready(Some(Err(_)) | None) => {
+                                return Poll::Ready(Err(PumpError::Upstream));
+                            }
+                        }
+                    }
+                }
+                let end = self.body.is_end_stream();
+                if self.send.send_data(data, end).is_err() {
+                    return Poll::Ready(Err(PumpError::Upstream));
+                }
+                if end {
+                    self.mark_complete();
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if data.is_empty() {
+                            continue;
+                        }
+                        if let Some(replay) = &mut self.replay {
+                            replay.record(&data);
+                        }
+                        if let Some(activity) = &self.activity {
+                            activity.touch();
+                        }
+                        self.pending = Some(data);
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            if self.send.send_trailers(trailers).is_err() {
+                                return Poll::Ready(Err(PumpError::Upstream));
+                            }
+                            self.mark_complete();
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.send.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err(PumpError::Downstream(e)));
+                }
+                None => {
+                    if self.send.send_data(Bytes::new(), true).is_err() {
+                        return Poll::Ready(Err(PumpError::Upstream));
+                    }
+                    self.mark_complete();
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    fn mark_complete(&mut self) {
+        if let Some(replay) = &mut self.replay {
+            replay.complete = true;
+        }
+    }
+
+    /// Runs the pump to the end (in its own task, for streaming requests).
+    pub(crate) async fn run(mut self) {
+        if let Err(PumpError::Downstream(e)) = std::future::poll_fn(|cx| self.poll_pump(cx)).await {
+            tracing::debug!(error = %e, "client request stream ended with an error; upstream stream reset");
+        }
+    }
+}
+
+/// The time of the last message in either direction of a stream, for the idle timeout.
+pub(crate) struct Activity {
+    clock: Clock,
+    last_nanos: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new(clock: Clock) -> Arc<Self> {
+        Arc::new(Self {
+            last_nanos: AtomicU64::new(clock.now_nanos()),
+            clock,
+        })
+    }
+
+    fn touch(&self) {
+        self.last_nanos
+            .store(self.clock.now_nanos(), Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.clock
+            .instant_at(self.last_nanos.load(Ordering::Relaxed))
+    }
+}
+
+/// The timers of a call: an overall deadline (unary calls, or the client's
+/// `grpc-timeout`), and for streams an idle timeout.
+pub(crate) struct Timers {
+    pub(crate) sleep: Pin<Box<Sleep>>,
+    pub(crate) deadline: Option<Deadline>,
+    pub(crate) idle: Option<(Duration, Arc<Activity>)>,
+}
+
+/// Where a deadline came from decides what its expiry means for the endpoint.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Deadline {
+    pub(crate) at: Instant,
+    /// The client's own `grpc-timeout` set it (its expiry is not the backend's fault).
+    pub(crate) from_client: bool,
+}
+
+impl Timers {
+    pub(crate) fn new(deadline: Option<Deadline>, idle: Option<(Duration, Arc<Activity>)>) -> Self {
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let mut timers = Self {
+            sleep: Box::pin(tokio::time::sleep_until(far)),
+            deadline,
+            idle,
+        };
+        let next = timers.next_expiry(far);
+        timers.sleep.as_mut().reset(next);
+        timers
+    }
+
+    fn next_expiry(&self, far: Instant) -> Instant {
+        let deadline = self.deadline.map_or(far, |d| d.at);
+        let idle = self
+            .idle
+            .as_ref()
+            .map_or(far, |(limit, activity)| activity.last() + *limit);
+        deadline.min(idle)
+    }
+
+    /// `Ready(status)` when a timer truly expired; re-arms itself after activity.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Status> {
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            let now = Instant::now();
+            if let Some(deadline) = self.deadline {
+                if now >= deadline.at {
+                    let why = if deadline.from_client {
+                        "deadline exceeded (the client's grpc-timeout)"
+                    } else {
+                        "deadline exceeded (the route's timeout)"
+                    };
+                    return Poll::Ready(Status::new(Code::DeadlineExceeded, why));
+                }
+            }
+            if let Some((limit, activity)) = &self.idle {
+                if now >= activity.last() + *limit {
+                    return Poll::Ready(Status::new(
+                        Code::DeadlineExceeded,
+                        format!("stream idle for {limit:?} (the route's stream_idle_timeout)"),
+                    ));
+                }
+            }
+            let far = now + Duration::from_secs(86_400 * 365);
+            let next = self.next_expiry(far);
+            self.sleep.as_mut().reset(next);
+        }
+    }
+
+    pub(crate) fn deadline_outcome(&self) -> Outcome {
+        match self.deadline {
+            Some(d) if d.from_client => Outcome::Neutral,
+            _ => Outcome::Failure,
+        }
+    }
+}
+
+use std::future::Future as _;
+
+enum State {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// The response body of an upstream call.
+pub(crate) struct UpstreamBody {
+    recv: h2::RecvStream,
+    state: State,
+    timers: Timers,
+    /// The response headers carried `grpc-status` (trailers-only): no trailers follow.
+    status_in_headers: bool,
+    guard: CallGuard,
+}
+
+impl UpstreamBody {
+    pub(crate) fn new(
+        recv: h2::RecvStream,
+        timers: Timers,
+        headers: &HeaderMap,
+        mut guard: CallGuard,
+    ) -> Self {
+        let status_in_headers = match Status::from_headers(headers) {
+            Some(status) => {
+                guard.finish(Outcome::of_code(status.code));
+                true
+            }
+            None => false,
+        };
+        let state = if recv.is_end_stream() && status_in_headers {
+            State::Done
+        } else {
+            State::Data
+        };
+        Self {
+            recv,
+            state,
+            timers,
+            status_in_headers,
+            guard,
+        }
+    }
+
+    /// Ends the body with a status the gateway made (deadline, lost stream).
+    fn fail(&mut self, status: Status, outcome: Outcome) -> Poll<Option<Frame<Bytes>>> {
+        self.state = State::Done;
+        self.guard.finish(outcome);
+        tracing::debug!(endpoint = %self.guard.endpoint().target, %status, "upstream call ended by the gateway");
+        Poll::Ready(Some(Frame::trailers(status.to_trailers())))
+    }
+
+    fn stream_error(&mut self, error: &h2::Error) -> Poll<Option<Frame<Bytes>>> {
+        let target = self.guard.endpoint().target.clone();
+        let (status, outcome) = status_for_stream_error(error, &target);
+        if error.is_go_away() || error.is_io() {
+            self.guard.slot().retire_connection();
+        }
+        self.fail(status, outcome)
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
+        if matches!(self.state, State::Done) {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(status) = self.timers.poll_expired(cx) {
+            let outcome = self.timers.deadline_outcome();
+            return self.fail(status, outcome);
+        }
+        if matches!(self.state, State::Data) {
+            match self.recv.poll_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(data))) => {
+                    let _ = self.recv.flow_control().release_capacity(data.len());
+                    if let Some((_, activity)) = &self.timers.idle {
+                        activity.touch();
+                    }
+                    return Poll::Ready(Some(Frame::data(data)));
+                }
+                Poll::Ready(Some(Err(e))) => return self.stream_error(&e),
+                Poll::Ready(None) => self.state = State::Trailers,
+            }
+        }
+        match ready!(self.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => {
+                self.state = State::Done;
+                let code = Status::from_headers(&trailers).map(|s| s.code);
+                self.guard
+                    .finish(code.map_or(Outcome::Failure, Outcome::of_code));
+                Poll::Ready(Some(Frame::trailers(trailers)))
+            }
+            Ok(None) if self.status_in_headers => {
+                self.state = State::Done;
+                Poll::Ready(None)
+            }
+            Ok(None) => self.fail(
+                Status::new(
+                    Code::Internal,
+                    "upstream ended the stream without a grpc-status",
+                ),
+                Outcome::Failure,
+            ),
+            Err(e) => self.stream_error(&e),
+        }
+    }
+}
+
+/// The status a client sees when an upstream stream fails, and whether it
+/// counts against the endpoint.
+pub(crate) fn status_for_stream_error(error: &h2::Error, target: &str) -> (Status, Outcome) {
+    if let Some(reason) = error.reason() {
+        if error.is_reset() || error.is_go_away() {
+            let code = match reason {
+                // A graceful GOAWAY that cut this stream: the backend went away.
+                h2::Reason::NO_ERROR if error.is_go_away() => Code::Unavailable,
+                reason => Code::from_h2_reason(reason),
+            };
+            let outcome = if code == Code::Cancelled {
+                Outcome::Neutral
+            } else {
+                Outcome::Failure
+            };
+            let message = if error.is_remote() {
+                format!("upstream {target} reset the stream: {reason}")
+            } else {
+                format!("stream to {target} failed: {reason}")
+            };
+            return (Status::new(code, message), outcome);
+        }
+    }
+    (
+        Status::new(
+            Code::Unavailable,
+            format!("upstream {target} connection lost: {error}"),
+        ),
+        Outcome::Failure,
+    )
+}

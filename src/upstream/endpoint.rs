@@ -1,0 +1,167 @@
+//! One backend address: its connection pool, the load the balancer reads
+//! (calls in flight, a peak-EWMA latency estimate) and its call counters.
+//!
+//! Everything the picker reads is an atomic, so every worker thread shares
+//! one view of the load without a lock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::uri::Authority;
+
+use super::clock::Clock;
+use super::pool::Pool;
+
+/// How fast the latency estimate forgets old samples (Linkerd and Finagle use 10 s).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+
+/// The cost of an endpoint with no latency sample that already has a call in
+/// flight: a new endpoint gets one call at a time until its first answer
+/// gives it an estimate, so it is tried at once but never flooded.
+const UNMEASURED_BUSY_PENALTY: f64 = 1e12;
+
+/// A backend endpoint.
+pub(crate) struct Endpoint {
+    /// `host:port` as configured or discovered; what we connect to.
+    pub(crate) target: Arc<str>,
+    /// The `:authority` sent upstream.
+    pub(crate) authority: Authority,
+    pub(crate) pool: Arc<Pool>,
+    in_flight: AtomicU32,
+    rtt: PeakEwma,
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+impl Endpoint {
+    pub(crate) fn new(target: Arc<str>, authority: Authority, pool: Arc<Pool>) -> Self {
+        Self {
+            target,
+            authority,
+            pool,
+            in_flight: AtomicU32::new(0),
+            rtt: PeakEwma::default(),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls in flight on this endpoint.
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn begin_call(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn end_call(&self, failed: bool) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if failed {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records the time from sending a call to its response headers.
+    pub(crate) fn observe_rtt(&self, clock: &Clock, rtt: Duration) {
+        self.rtt.observe(clock.now_nanos(), rtt.as_nanos() as f64);
+    }
+
+    /// The current latency estimate (decayed to now).
+    pub(crate) fn rtt_estimate(&self, clock: &Clock) -> Duration {
+        Duration::from_nanos(self.rtt.estimate(clock.now_nanos()) as u64)
+    }
+
+    /// Peak-EWMA cost: latency estimate × (calls in flight + 1).
+    pub(crate) fn ewma_cost(&self, now_nanos: u64) -> f64 {
+        let in_flight = self.in_flight();
+        match self.rtt.estimate(now_nanos) {
+            rtt if rtt > 0.0 => rtt * f64::from(in_flight + 1),
+            _ if in_flight == 0 => 0.0,
+            _ => UNMEASURED_BUSY_PENALTY * f64::from(in_flight),
+        }
+    }
+
+    /// Calls started and calls that failed, since start.
+    pub(crate) fn counters(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// A latency estimate that jumps up to any higher sample at once (the "peak")
+/// and otherwise moves by an exponentially weighted average whose weight
+/// depends on the time since the last sample. Between samples it decays
+/// towards zero, so an endpoint that was slow once is tried again later.
+///
+/// The value and its timestamp are two atomics; a race between two updates
+/// loses one sample, which an estimate can afford.
+#[derive(Default)]
+struct PeakEwma {
+    rtt_nanos: AtomicU64,
+    stamp_nanos: AtomicU64,
+}
+
+impl PeakEwma {
+    fn decay_weight(elapsed_nanos: u64) -> f64 {
+        (-(elapsed_nanos as f64) / EWMA_DECAY.as_nanos() as f64).exp()
+    }
+
+    fn estimate(&self, now: u64) -> f64 {
+        let rtt = f64::from_bits(self.rtt_nanos.load(Ordering::Relaxed));
+        let stamp = self.stamp_nanos.load(Ordering::Relaxed);
+        rtt * Self::decay_weight(now.saturating_sub(stamp))
+    }
+
+    fn observe(&self, now: u64, sample: f64) {
+        let previous = self.estimate(now);
+        let next = if sample > previous {
+            sample
+        } else {
+            let stamp = self.stamp_nanos.load(Ordering::Relaxed);
+            let w = Self::decay_weight(now.saturating_sub(stamp));
+            previous * w + sample * (1.0 - w)
+        };
+        self.rtt_nanos.store(next.to_bits(), Ordering::Relaxed);
+        self.stamp_nanos.store(now, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: f64 = 1_000_000.0;
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn peak_is_taken_at_once_and_lower_samples_average_in() {
+        let ewma = PeakEwma::default();
+        ewma.observe(SEC, 10.0 * MS);
+        assert_eq!(ewma.estimate(SEC), 10.0 * MS);
+        ewma.observe(SEC, 50.0 * MS);
+        assert_eq!(
+            ewma.estimate(SEC),
+            50.0 * MS,
+            "a higher sample is the new estimate"
+        );
+        ewma.observe(SEC + SEC / 10, 10.0 * MS);
+        let after = ewma.estimate(SEC + SEC / 10);
+        assert!(after < 50.0 * MS && after > 40.0 * MS, "{after}");
+    }
+
+    #[test]
+    fn estimate_decays_between_samples() {
+        let ewma = PeakEwma::default();
+        ewma.observe(0, 100.0 * MS);
+        let later = ewma.estimate(10 * SEC);
+        assert!(
+            (later - 100.0 * MS / std::f64::consts::E).abs() < MS,
+            "{later}"
+        );
+    }
+}

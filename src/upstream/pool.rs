@@ -1,0 +1,542 @@
+//! The HTTP/2 connection pool of one endpoint.
+//!
+//! Connections open lazily, one at a time, and only when every open
+//! connection is at its stream cap (our `max_streams_per_connection` or the
+//! server's `MAX_CONCURRENT_STREAMS`, whichever is lower), up to
+//! `max_connections_per_endpoint`. A call takes a stream *slot*; waiting
+//! calls are woken when a slot frees or a connection opens or fails.
+//!
+//! A connection is *retired* — removed from the pool so it takes no new
+//! calls, while its calls finish — when it reaches its age or request limit,
+//! when the server sends GOAWAY, or when it sat idle too long. It closes once
+//! it has no call left. Nothing here ever cuts a call that is in flight,
+//! except a keepalive PING that goes unanswered (the connection is dead).
+//!
+//! This module owns sockets and HTTP/2 state; it knows nothing of routes,
+//! balancing or gRPC.
+
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::clock::Clock;
+
+/// Pool and connection settings, from `upstreams.*.pool`, `http2` and `limits`.
+#[derive(Clone, Debug)]
+pub(crate) struct PoolSettings {
+    pub(crate) max_connections: u32,
+    pub(crate) max_streams: u32,
+    pub(crate) max_requests: u64,
+    pub(crate) max_age: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) pending_timeout: Duration,
+    pub(crate) stream_window: u32,
+    pub(crate) connection_window: u32,
+    pub(crate) keepalive_interval: Duration,
+    pub(crate) keepalive_timeout: Duration,
+}
+
+impl PoolSettings {
+    pub(crate) fn from_config(upstream: &crate::config::Upstream) -> Self {
+        let window =
+            |size: crate::config::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX >> 1);
+        Self {
+            max_connections: upstream.pool.max_connections_per_endpoint,
+            max_streams: upstream.pool.max_streams_per_connection,
+            max_requests: upstream.pool.max_requests_per_connection,
+            max_age: upstream.pool.max_connection_age.get(),
+            idle_timeout: upstream.pool.idle_timeout.get(),
+            connect_timeout: upstream.connect_timeout.get(),
+            pending_timeout: upstream.limits.pending_timeout.get(),
+            stream_window: window(upstream.http2.initial_stream_window),
+            connection_window: window(upstream.http2.initial_connection_window),
+            keepalive_interval: upstream.http2.keepalive_interval.get(),
+            keepalive_timeout: upstream.http2.keepalive_timeout.get(),
+        }
+    }
+}
+
+/// Why a call could not get a stream slot.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum PoolError {
+    /// Connecting failed (refused, timed out, handshake failed).
+    #[error("connect to {target} failed: {reason}")]
+    Connect { target: Arc<str>, reason: String },
+    /// Every slot stayed busy for `pending_timeout` (or the call's deadline came first).
+    #[error("no stream slot to {target} became free within {waited:?}")]
+    PendingTimeout { target: Arc<str>, waited: Duration },
+}
+
+/// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The connections of one endpoint.
+pub(crate) struct Pool {
+    target: Arc<str>,
+    settings: Arc<PoolSettings>,
+    clock: Clock,
+    conns: ArcSwap<Vec<Arc<Conn>>>,
+    connecting: AtomicBool,
+    /// Woken when a slot frees, a connection opens, fails or closes.
+    changed: Notify,
+    waiting: AtomicU32,
+    /// Bumped on every failed connect, so waiters can tell that theirs failed.
+    connect_failures: AtomicU64,
+    consecutive_failures: AtomicU32,
+    backoff_until_nanos: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    next_conn_id: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    pub(crate) fn new(target: Arc<str>, settings: Arc<PoolSettings>, clock: Clock) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            settings,
+            clock,
+            conns: ArcSwap::from_pointee(Vec::new()),
+            connecting: AtomicBool::new(false),
+            changed: Notify::new(),
+            waiting: AtomicU32::new(0),
+            connect_failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            backoff_until_nanos: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            next_conn_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether connecting failed recently and the back-off has not yet run out.
+    pub(crate) fn in_backoff(&self, now_nanos: u64) -> bool {
+        self.backoff_until_nanos.load(Ordering::Relaxed) > now_nanos
+    }
+
+    /// The last connect error, for introspection and error messages.
+    pub(crate) fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Open connections and the calls on each.
+    pub(crate) fn connection_loads(&self) -> Vec<u32> {
+        self.conns
+            .load()
+            .iter()
+            .map(|c| c.in_flight.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Stops using every connection: they close once their calls finish.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        for conn in self.conns.swap(Arc::new(Vec::new())).iter() {
+            conn.retire();
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Takes a stream slot, connecting if needed; waits at most
+    /// `pending_timeout` (or until `deadline`) for one to free up.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Result<Slot, PoolError> {
+        if let Some(slot) = self.try_acquire() {
+            return Ok(slot);
+        }
+        let failures_at_start = self.connect_failures.load(Ordering::Acquire);
+        let started = Instant::now();
+        let mut wait_until = started + self.settings.pending_timeout;
+        if let Some(deadline) = deadline {
+            wait_until = wait_until.min(deadline);
+        }
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(slot) = self.try_acquire() {
+                return Ok(slot);
+            }
+            if self.connect_failures.load(Ordering::Acquire) != failures_at_start {
+                return Err(self.connect_error());
+            }
+            if self.conns.load().len() < self.settings.max_connections as usize {
+                if self.in_backoff(self.clock.now_nanos()) && self.conns.load().is_empty() {
+                    return Err(self.connect_error());
+                }
+                self.start_connect();
+            }
+            self.waiting.fetch_add(1, Ordering::Relaxed);
+            let woke = timeout_at_instant(wait_until, notified).await;
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
+            if !woke {
+                return Err(PoolError::PendingTimeout {
+                    target: self.target.clone(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+    }
+
+    fn connect_error(&self) -> PoolError {
+        PoolError::Connect {
+            target: self.target.clone(),
+            reason: self
+                .last_error()
+                .unwrap_or_else(|| "connection failed".into()),
+        }
+    }
+
+    /// A free slot on an open connection, if there is one.
+    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let conns = self.conns.load();
+        for conn in conns.iter() {
+            if conn.try_reserve(self.settings.max_streams) {
+                let calls = conn.calls.fetch_add(1, Ordering::Relaxed) + 1;
+                if self.settings.max_requests > 0 && calls >= self.settings.max_requests {
+                    // This call is its last: retire it now so no other call lands on it.
+                    self.retire(conn);
+                }
+                return Some(Slot {
+                    conn: conn.clone(),
+                    pool: self.clone(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Removes a connection from the pool; it closes when its calls are done.
+    pub(crate) fn retire(&self, conn: &Arc<Conn>) {
+        if conn.draining.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.conns.rcu(|conns| {
+            conns
+                .iter()
+                .filter(|c| c.id != conn.id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        conn.drained.notify_one();
+        self.changed.notify_waiters();
+    }
+
+    fn start_connect(self: &Arc<Self>) {
+        if self.closed.load(Ordering::Relaxed) || self.connecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let result = timeout(
+                pool.settings.connect_timeout,
+                connect(&pool.target, &pool.settings),
+            )
+            .await;
+            let outcome = match result {
+                Ok(Ok(connected)) => Ok(connected),
+                Ok(Err(reason)) => Err(reason),
+                Err(_) => Err(format!(
+                    "timed out after {:?}",
+                    pool.settings.connect_timeout
+                )),
+            };
+            match outcome {
+                Ok((send, connection, ping)) => {
+                    let conn = Arc::new(Conn::new(
+                        pool.next_conn_id.fetch_add(1, Ordering::Relaxed),
+                        send,
+                        &pool.settings,
+                        &pool.clock,
+                    ));
+                    pool.conns.rcu(|conns| {
+                        let mut next = Vec::clone(conns);
+                        next.push(conn.clone());
+                        next
+                    });
+                    pool.consecutive_failures.store(0, Ordering::Relaxed);
+                    pool.backoff_until_nanos.store(0, Ordering::Relaxed);
+                    pool.connecting.store(false, Ordering::Release);
+                    pool.changed.notify_waiters();
+                    tracing::debug!(target = %pool.target, conn = conn.id, "upstream connection open");
+                    let weak = Arc::downgrade(&pool);
+                    drop(pool);
+                    drive(conn, weak, connection, ping).await;
+                }
+                Err(reason) => {
+                    pool.record_connect_failure(reason);
+                    pool.connecting.store(false, Ordering::Release);
+                    pool.changed.notify_waiters();
+                }
+            }
+        });
+    }
+
+    fn record_connect_failure(&self, reason: String) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let exponent = failures.saturating_sub(1).min(16);
+        let backoff = BACKOFF_BASE.saturating_mul(1 << exponent).min(BACKOFF_MAX);
+        let jitter = 0.8 + fastrand::f64() * 0.4;
+        let until = self.clock.now_nanos() + backoff.mul_f64(jitter).as_nanos() as u64;
+        self.backoff_until_nanos.store(until, Ordering::Relaxed);
+        tracing::warn!(target = %self.target, error = %reason, failures, "upstream connect failed");
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(reason);
+        }
+        self.connect_failures.fetch_add(1, Ordering::Release);
+    }
+
+    fn forget(&self, conn: &Arc<Conn>) {
+        self.conns.rcu(|conns| {
+            conns
+                .iter()
+                .filter(|c| c.id != conn.id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+        self.changed.notify_waiters();
+    }
+}
+
+async fn timeout_at_instant<F: std::future::Future>(until: Instant, future: F) -> bool {
+    tokio::select! {
+        _ = future => true,
+        _ = sleep_until(until) => false,
+    }
+}
+
+/// One HTTP/2 connection to the endpoint.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    send: h2::client::SendRequest<Bytes>,
+    in_flight: AtomicU32,
+    calls: AtomicU64,
+    /// The server's MAX_CONCURRENT_STREAMS, refreshed by the connection task.
+    peer_max_streams: AtomicU32,
+    draining: AtomicBool,
+    /// Woken when a draining connection's last call ends.
+    drained: Notify,
+    retire_at: Instant,
+    /// When the last call ended (pool clock), for the idle timeout.
+    last_active_nanos: AtomicU64,
+}
+
+impl Conn {
+    fn new(
+        id: u64,
+        send: h2::client::SendRequest<Bytes>,
+        settings: &PoolSettings,
+        clock: &Clock,
+    ) -> Self {
+        // ±10% jitter so connections opened together do not all retire together.
+        let age = settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
+        let peer_max = u32::try_from(send.current_max_send_streams()).unwrap_or(u32::MAX);
+        Self {
+            id,
+            send,
+            in_flight: AtomicU32::new(0),
+            calls: AtomicU64::new(0),
+            peer_max_streams: AtomicU32::new(peer_max),
+            draining: AtomicBool::new(false),
+            drained: Notify::new(),
+            retire_at: Instant::now() + age,
+            last_active_nanos: AtomicU64::new(clock.now_nanos()),
+        }
+    }
+
+    fn try_reserve(&self, our_max: u32) -> bool {
+        if self.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        let cap = our_max.min(self.peer_max_streams.load(Ordering::Relaxed));
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn retire(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.drained.notify_one();
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// A reserved stream on a connection; released when dropped.
+pub(crate) struct Slot {
+    conn: Arc<Conn>,
+    pool: Arc<Pool>,
+}
+
+impl Slot {
+    /// Opens the HTTP/2 stream. An error here means the request was not sent.
+    pub(crate) fn send_request(
+        &self,
+        head: http::Request<()>,
+        end_of_stream: bool,
+    ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), h2::Error> {
+        let mut send = self.conn.send.clone();
+        send.send_request(head, end_of_stream)
+    }
+
+    /// Takes this connection out of the pool (it received GOAWAY or failed).
+    pub(crate) fn retire_connection(&self) {
+        self.pool.retire(&self.conn);
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let left = self.conn.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 {
+            self.conn
+                .last_active_nanos
+                .store(self.pool.clock.now_nanos(), Ordering::Relaxed);
+            if self.conn.is_draining() {
+                self.conn.drained.notify_one();
+            }
+        }
+        if self.pool.waiting.load(Ordering::Relaxed) > 0 {
+            self.pool.changed.notify_waiters();
+        }
+    }
+}
+
+type Connected = (
+    h2::client::SendRequest<Bytes>,
+    h2::client::Connection<TcpStream, Bytes>,
+    h2::PingPong,
+);
+
+/// Opens TCP, performs the HTTP/2 handshake and waits for the server's
+/// SETTINGS (a PING round trip), so the first calls see its stream limit.
+async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
+    let tcp = TcpStream::connect(target)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    let (send, mut connection) = h2::client::Builder::new()
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .enable_push(false)
+        .max_concurrent_reset_streams(1024)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
+    let mut ping = connection
+        .ping_pong()
+        .ok_or_else(|| "HTTP/2 connection gave no ping handle".to_string())?;
+    ping.send_ping(h2::Ping::opaque())
+        .map_err(|e| e.to_string())?;
+    let pong = poll_fn(|cx| {
+        if let Poll::Ready(result) = ping.poll_pong(cx) {
+            return Poll::Ready(result.map(|_| ()).map_err(|e| e.to_string()));
+        }
+        match std::pin::Pin::new(&mut connection).poll(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Err(
+                "the server closed the connection during the handshake".into(),
+            )),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(format!("HTTP/2 handshake failed: {e}"))),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    pong.await?;
+    Ok((send, connection, ping))
+}
+
+use std::future::Future;
+
+/// Drives one connection until it closes: the HTTP/2 state machine,
+/// keepalive PINGs while calls are active, retirement by age or idleness,
+/// and the close once a retired connection has no call left.
+async fn drive(
+    conn: Arc<Conn>,
+    pool: Weak<Pool>,
+    mut connection: h2::client::Connection<TcpStream, Bytes>,
+    mut ping: h2::PingPong,
+) {
+    let Some(settings) = pool.upgrade().map(|p| p.settings.clone()) else {
+        return;
+    };
+    let tick_every = settings.keepalive_interval.min(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_ping = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    let retire_at = sleep_until(conn.retire_at);
+    tokio::pin!(retire_at);
+    let reason: String = loop {
+        tokio::select! {
+            result = &mut connection => {
+                break match result {
+                    Ok(()) => "closed by the server".into(),
+                    Err(e) => format!("connection error: {e}"),
+                };
+            }
+            _ = &mut retire_at, if !conn.is_draining() => {
+                if let Some(pool) = pool.upgrade() {
+                    tracing::debug!(target = %pool.target, conn = conn.id, "retiring connection: max_connection_age");
+                    pool.retire(&conn);
+                }
+            }
+            _ = conn.drained.notified(), if conn.is_draining() => {
+                if conn.in_flight.load(Ordering::Acquire) == 0 {
+                    break "retired".into();
+                }
+            }
+            pong = poll_fn(|cx| ping.poll_pong(cx)), if ping_sent.is_some() => {
+                ping_sent = None;
+                if let Err(e) = pong {
+                    break format!("keepalive ping failed: {e}");
+                }
+            }
+            _ = tick.tick() => {
+                let Some(pool) = pool.upgrade() else { break "pool closed".into() };
+                if let Ok(max) = u32::try_from(conn.send.current_max_send_streams()) {
+                    conn.peer_max_streams.store(max, Ordering::Relaxed);
+                }
+                let now = Instant::now();
+                let in_flight = conn.in_flight.load(Ordering::Acquire);
+                if let Some(sent) = ping_sent {
+                    if now.duration_since(sent) > settings.keepalive_timeout {
+                        break format!("keepalive ping unanswered for {:?}", settings.keepalive_timeout);
+                    }
+                } else if in_flight > 0 && now.duration_since(last_ping) >= settings.keepalive_interval {
+                    if ping.send_ping(h2::Ping::opaque()).is_ok() {
+                        ping_sent = Some(now);
+                        last_ping = now;
+                    }
+                }
+                let idle_since = pool.clock.instant_at(conn.last_active_nanos.load(Ordering::Relaxed));
+                if in_flight == 0 && now.saturating_duration_since(idle_since) >= settings.idle_timeout {
+                    pool.retire(&conn);
+                    break "idle".into();
+                }
+                if conn.is_draining() && in_flight == 0 {
+                    break "retired".into();
+                }
+            }
+        }
+    };
+    if let Some(pool) = pool.upgrade() {
+        conn.draining.store(true, Ordering::Release);
+        pool.forget(&conn);
+        tracing::debug!(target = %pool.target, conn = conn.id, %reason, "upstream connection closed");
+    }
+}

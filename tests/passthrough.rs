@@ -1,0 +1,354 @@
+//! Native gRPC through the gateway: every call kind, metadata and trailers,
+//! unknown methods, malformed requests, deadlines.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::*;
+use tokio_stream::StreamExt;
+
+async fn one_backend() -> (Backend, GatewayHandle) {
+    let backend = Backend::start("b1").await;
+    let gateway = start_gateway(&config_yaml(&[backend.addr], "", "")).await;
+    (backend, gateway)
+}
+
+#[tokio::test]
+async fn unary_carries_metadata_both_ways() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let mut request = tonic::Request::new(echo("hello"));
+    request
+        .metadata_mut()
+        .insert("x-request-id", "abc-123".parse().unwrap());
+    request.metadata_mut().insert_bin(
+        "x-trace-bin",
+        tonic::metadata::MetadataValue::from_bytes(b"\x00\x01\xff"),
+    );
+    let response = client.unary(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-served-by").unwrap(), "b1");
+    let body = response.into_inner();
+    assert_eq!(body.message, "hello");
+    assert_eq!(body.metadata["x-request-id"], "abc-123");
+    assert_eq!(body.metadata["x-forwarded-proto"], "http");
+    assert_eq!(body.metadata["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        body.metadata["x-trace-bin"], "AAH/",
+        "binary metadata passes unchanged"
+    );
+}
+
+#[tokio::test]
+async fn error_status_and_its_trailer_metadata_pass_through() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let status = client
+        .unary(EchoRequest {
+            fail_code: 5,
+            ..echo("x")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    assert_eq!(status.message(), "failure requested from b1");
+    assert_eq!(status.metadata().get("x-failed-by").unwrap(), "b1");
+}
+
+#[tokio::test]
+async fn server_streaming_delivers_every_message_then_the_trailers() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let response = client
+        .server_stream(EchoRequest {
+            repeat: 50,
+            ..echo("s")
+        })
+        .await
+        .unwrap();
+    assert_eq!(response.metadata().get("x-served-by").unwrap(), "b1");
+    let messages: Vec<_> = response
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 50);
+    assert!(
+        messages
+            .iter()
+            .enumerate()
+            .all(|(i, m)| m.sequence == i as u32)
+    );
+}
+
+#[tokio::test]
+async fn an_error_after_the_first_stream_message_arrives_in_trailers() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let mut stream = client
+        .server_stream(EchoRequest {
+            repeat: 5,
+            fail_code: 14,
+            fail_after_first: true,
+            ..echo("s")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stream.next().await.unwrap().unwrap().sequence, 0);
+    let status = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.metadata().get("x-failed-by").unwrap(), "b1");
+}
+
+#[tokio::test]
+async fn client_streaming_counts_every_message() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let requests = tokio_stream::iter((0..200).map(|i| echo(&format!("m{i}"))));
+    let response = client.client_stream(requests).await.unwrap().into_inner();
+    assert_eq!(response.received, 200);
+    assert_eq!(response.message, "m199");
+}
+
+#[tokio::test]
+async fn bidi_streaming_interleaves_requests_and_responses() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut responses = client
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    // Each answer must arrive before the next request is sent: nothing is buffered whole.
+    for i in 0..20 {
+        tx.send(echo(&format!("ping {i}"))).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), responses.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.message, format!("ping {i}"));
+        assert_eq!(answer.sequence, i);
+    }
+    drop(tx);
+    assert!(responses.next().await.is_none());
+}
+
+#[tokio::test]
+async fn unknown_service_and_method_get_unimplemented_trailers_only() {
+    let (backend, gateway) = one_backend().await;
+    let frame = grpc_frame(&echo("x"));
+    let headers = [("content-type", "application/grpc"), ("te", "trailers")];
+    let response = raw_h2_call(
+        gateway.addr,
+        "/nope.v1.Missing/Call",
+        &headers,
+        frame.clone(),
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert!(
+        response.trailers.is_none(),
+        "trailers-only: the status is in the headers"
+    );
+    assert_eq!(response.grpc_status().as_deref(), Some("12"));
+    assert!(
+        response
+            .grpc_message()
+            .contains("unknown service nope.v1.Missing"),
+        "{}",
+        response.grpc_message()
+    );
+    // A method the descriptors do not know, on a routed service, still reaches the
+    // backend (passthrough needs no descriptors), which answers UNIMPLEMENTED.
+    let response = raw_h2_call(gateway.addr, "/testing.v1.Echo/Nope", &headers, frame).await;
+    assert_eq!(response.grpc_status().as_deref(), Some("12"));
+    assert_eq!(backend.calls(), 0);
+}
+
+#[tokio::test]
+async fn malformed_paths_and_timeouts_are_clear_errors() {
+    let (backend, gateway) = one_backend().await;
+    let frame = grpc_frame(&echo("x"));
+    let grpc = [("content-type", "application/grpc")];
+    for path in [
+        "/",
+        "/testing.v1.Echo",
+        "/testing.v1.Echo/",
+        "/a/b/c",
+        "/%00/x",
+    ] {
+        let response = raw_h2_call(gateway.addr, path, &grpc, frame.clone()).await;
+        assert_eq!(response.grpc_status().as_deref(), Some("12"), "{path}");
+    }
+    for bad in ["abc", "100", "123456789m", "1x", "-5m"] {
+        let headers = [("content-type", "application/grpc"), ("grpc-timeout", bad)];
+        let response = raw_h2_call(
+            gateway.addr,
+            "/testing.v1.Echo/Unary",
+            &headers,
+            frame.clone(),
+        )
+        .await;
+        assert_eq!(response.grpc_status().as_deref(), Some("3"), "{bad}");
+        assert!(
+            response.grpc_message().contains("malformed grpc-timeout"),
+            "{}",
+            response.grpc_message()
+        );
+    }
+    assert_eq!(backend.calls(), 0, "bad requests never reach the backend");
+    // And the gateway still serves good ones.
+    let mut client = client(gateway.addr).await;
+    client.unary(echo("still fine")).await.unwrap();
+}
+
+#[tokio::test]
+async fn client_deadline_ends_a_slow_call_and_travels_upstream_reduced() {
+    let (backend, gateway) = one_backend().await;
+    // A raw client, so that only the gateway enforces the deadline (tonic's
+    // client would also cancel on its own at the same moment).
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "100m"),
+    ];
+    let body = grpc_frame(&EchoRequest {
+        delay_ms: 1000,
+        ..echo("slow")
+    });
+    let started = Instant::now();
+    let response = raw_h2_call(gateway.addr, "/testing.v1.Echo/Unary", &headers, body).await;
+    let took = started.elapsed();
+    assert_eq!(response.grpc_status().as_deref(), Some("4"), "{response:?}");
+    assert!(
+        response.grpc_message().contains("client's grpc-timeout"),
+        "{}",
+        response.grpc_message()
+    );
+    assert!(
+        took >= Duration::from_millis(95) && took < Duration::from_millis(400),
+        "took {took:?}"
+    );
+    let seen = backend
+        .seen
+        .last_grpc_timeout
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    let upstream = grpc_timeout_of(&seen);
+    assert!(
+        upstream <= Duration::from_millis(100) && upstream > Duration::from_millis(50),
+        "upstream saw {seen}"
+    );
+}
+
+#[tokio::test]
+async fn route_timeout_applies_to_unary_calls_without_a_client_deadline() {
+    let backend = Backend::start("b1").await;
+    let gateway = start_gateway(&config_yaml(&[backend.addr], "", "timeout: 200ms")).await;
+    let mut client = client(gateway.addr).await;
+    let started = Instant::now();
+    let status = client
+        .unary(EchoRequest {
+            delay_ms: 2000,
+            ..echo("slow")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("route's timeout"),
+        "{}",
+        status.message()
+    );
+    assert!(started.elapsed() < Duration::from_millis(800));
+    // The route timeout is also what the backend is told.
+    let seen = backend
+        .seen
+        .last_grpc_timeout
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap();
+    assert!(
+        grpc_timeout_of(&seen) <= Duration::from_millis(200),
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn streams_have_no_overall_timeout_only_an_idle_one() {
+    let backend = Backend::start("b1").await;
+    let gateway = start_gateway(&config_yaml(
+        &[backend.addr],
+        "",
+        "timeout: 100ms\nstream_idle_timeout: 300ms",
+    ))
+    .await;
+    let mut client = client(gateway.addr).await;
+    // 10 messages 80 ms apart: 800 ms in all, longer than the unary timeout, never idle.
+    let messages: Vec<_> = client
+        .server_stream(EchoRequest {
+            repeat: 10,
+            delay_ms: 80,
+            ..echo("s")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 10);
+    // One message, then silence: the idle timeout ends it with a clear status.
+    let mut stream = client
+        .server_stream(EchoRequest {
+            repeat: 2,
+            delay_ms: 1000,
+            ..echo("s")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = stream.next().await.unwrap().unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("stream_idle_timeout"),
+        "{}",
+        status.message()
+    );
+}
+
+fn grpc_timeout_of(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().unwrap();
+    match unit {
+        "n" => Duration::from_nanos(n),
+        "u" => Duration::from_micros(n),
+        "m" => Duration::from_millis(n),
+        "S" => Duration::from_secs(n),
+        other => panic!("unit {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_large_unary_message_passes_intact() {
+    let (_backend, gateway) = one_backend().await;
+    let mut client = client(gateway.addr).await;
+    let payload = Bytes::from(vec![7u8; 3 << 20]);
+    let response = client
+        .unary(EchoRequest {
+            payload: payload.to_vec(),
+            response_size: 3 << 20,
+            ..echo("big")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.payload.len(), 3 << 20);
+}
