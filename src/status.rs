@@ -223,10 +223,10 @@ impl Status {
     /// Writes `grpc-status` and `grpc-message` into a header map.
     pub fn write_to(&self, headers: &mut HeaderMap) {
         headers.insert(GRPC_STATUS, self.code.header_value());
-        if !self.message.is_empty() {
-            if let Ok(value) = HeaderValue::from_str(&percent_encode(&self.message)) {
-                headers.insert(GRPC_MESSAGE, value);
-            }
+        if !self.message.is_empty()
+            && let Ok(value) = HeaderValue::from_str(&percent_encode(&self.message))
+        {
+            headers.insert(GRPC_MESSAGE, value);
         }
     }
 

@@ -194,47 +194,47 @@ fn rewrite_message(message: &str) -> String {
         return "expected an address such as 0.0.0.0:8080 or [::]:8080".into();
     }
     for prefix in ["invalid type: ", "invalid value: "] {
-        if let Some(body) = message.strip_prefix(prefix) {
-            if let Some((got, expected)) = body.split_once(", expected ") {
-                return format!(
-                    "expected {}, got {}",
-                    friendly_expected(expected),
-                    friendly_got(got)
-                );
-            }
+        if let Some(body) = message.strip_prefix(prefix)
+            && let Some((got, expected)) = body.split_once(", expected ")
+        {
+            return format!(
+                "expected {}, got {}",
+                friendly_expected(expected),
+                friendly_got(got)
+            );
         }
     }
-    if let Some(body) = message.strip_prefix("unknown field `") {
-        if let Some((field, rest)) = body.split_once('`') {
-            let known = list_after(rest, ", expected one of ");
-            let mut text = String::from("unknown key");
-            if let Some(best) = did_you_mean(field, known.iter().copied()) {
-                text.push_str(&format!(" (did you mean \"{best}\"?)"));
-            } else if !known.is_empty() {
-                text.push_str(&format!(" (expected one of: {})", known.join(", ")));
-            }
-            return text;
+    if let Some(body) = message.strip_prefix("unknown field `")
+        && let Some((field, rest)) = body.split_once('`')
+    {
+        let known = list_after(rest, ", expected one of ");
+        let mut text = String::from("unknown key");
+        if let Some(best) = did_you_mean(field, known.iter().copied()) {
+            text.push_str(&format!(" (did you mean \"{best}\"?)"));
+        } else if !known.is_empty() {
+            text.push_str(&format!(" (expected one of: {})", known.join(", ")));
         }
+        return text;
     }
-    if let Some(body) = message.strip_prefix("unknown variant `") {
-        if let Some((variant, rest)) = body.split_once('`') {
-            let known = list_after(rest, ", expected one of ");
-            let known = if known.is_empty() {
-                list_after(rest, ", expected ")
-            } else {
-                known
-            };
-            return format!("expected one of {}, got \"{variant}\"", known.join(", "));
-        }
+    if let Some(body) = message.strip_prefix("unknown variant `")
+        && let Some((variant, rest)) = body.split_once('`')
+    {
+        let known = list_after(rest, ", expected one of ");
+        let known = if known.is_empty() {
+            list_after(rest, ", expected ")
+        } else {
+            known
+        };
+        return format!("expected one of {}, got \"{variant}\"", known.join(", "));
     }
     if let Some(body) = message.strip_prefix("duplicate mapping key: ") {
         let key = body.split(',').next().unwrap_or(body);
         return format!("key \"{key}\" is defined twice");
     }
-    if let Some(body) = message.strip_prefix("missing field `") {
-        if let Some((field, _)) = body.split_once('`') {
-            return format!("missing required key \"{field}\"");
-        }
+    if let Some(body) = message.strip_prefix("missing field `")
+        && let Some((field, _)) = body.split_once('`')
+    {
+        return format!("missing required key \"{field}\"");
     }
     message.to_string()
 }

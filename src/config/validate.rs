@@ -67,10 +67,10 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
             ));
         }
     }
-    if let Some(dns) = &upstream.dns {
-        if let Err(why) = check_host_port(dns) {
-            errors.push(ConfigError::new(format!("{key}.dns"), why));
-        }
+    if let Some(dns) = &upstream.dns
+        && let Err(why) = check_host_port(dns)
+    {
+        errors.push(ConfigError::new(format!("{key}.dns"), why));
     }
     let positive = [
         ("connect_timeout", upstream.connect_timeout),
@@ -157,21 +157,21 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
             ),
         ));
     }
-    if let Some(hc) = &upstream.health_check {
-        if hc.timeout.get().is_zero() || hc.interval.get().is_zero() {
-            errors.push(ConfigError::new(
-                format!("{key}.health_check"),
-                "interval and timeout must be above zero",
-            ));
-        }
+    if let Some(hc) = &upstream.health_check
+        && (hc.timeout.get().is_zero() || hc.interval.get().is_zero())
+    {
+        errors.push(ConfigError::new(
+            format!("{key}.health_check"),
+            "interval and timeout must be above zero",
+        ));
     }
-    if let Some(tls) = &upstream.tls {
-        if tls.cert.is_some() != tls.key.is_some() {
-            errors.push(ConfigError::new(
-                format!("{key}.tls"),
-                "cert and key go together: set both for mTLS, or neither",
-            ));
-        }
+    if let Some(tls) = &upstream.tls
+        && tls.cert.is_some() != tls.key.is_some()
+    {
+        errors.push(ConfigError::new(
+            format!("{key}.tls"),
+            "cert and key go together: set both for mTLS, or neither",
+        ));
     }
 }
 

@@ -82,10 +82,10 @@ pub async fn run(
         crate::server::ServeOptions::default(),
     ));
 
-    match spread_check(bound, 30).await {
+    match spread_check(bound, 300, 8).await {
         Ok(counts) => {
             println!("\ngrpc-edge demo: gateway on http://{bound}, 3 replicas behind it.");
-            println!("30 unary calls over ONE client connection were served by:");
+            println!("300 unary calls over ONE client connection (8 at a time) were served by:");
             for (replica, n) in &counts {
                 println!("  {replica:<10} {n:>3} calls");
             }
@@ -117,10 +117,12 @@ pub async fn run(
     Ok(())
 }
 
-/// Makes `calls` unary calls over one connection; returns calls per replica.
+/// Makes `calls` unary calls over one connection, `concurrency` at a time;
+/// returns calls per replica.
 pub async fn spread_check(
     gateway: SocketAddr,
     calls: usize,
+    concurrency: usize,
 ) -> Result<Vec<(String, usize)>, String> {
     use pb::order_service_client::OrderServiceClient;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
@@ -129,17 +131,32 @@ pub async fn spread_check(
         .connect()
         .await
         .map_err(|e| e.to_string())?;
-    let mut client = OrderServiceClient::new(channel);
+    let client = OrderServiceClient::new(channel);
+    let concurrency = concurrency.max(1);
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..concurrency {
+        let mut client = client.clone();
+        let share = calls / concurrency + usize::from(worker < calls % concurrency);
+        workers.spawn(async move {
+            let mut served = Vec::with_capacity(share);
+            for _ in 0..share {
+                let order = client
+                    .get_order(pb::GetOrderRequest {
+                        name: "orders/1".into(),
+                    })
+                    .await
+                    .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+                    .into_inner();
+                served.push(order.served_by);
+            }
+            Ok::<_, String>(served)
+        });
+    }
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for _ in 0..calls {
-        let order = client
-            .get_order(pb::GetOrderRequest {
-                name: "orders/1".into(),
-            })
-            .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?
-            .into_inner();
-        *counts.entry(order.served_by).or_default() += 1;
+    while let Some(done) = workers.join_next().await {
+        for replica in done.map_err(|e| e.to_string())?? {
+            *counts.entry(replica).or_default() += 1;
+        }
     }
     Ok(counts.into_iter().collect())
 }

@@ -74,13 +74,13 @@ async fn faults(metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
     if let Some(ms) = get("x-demo-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
-    if let Some(code) = get("x-demo-fail").and_then(|v| v.parse::<i32>().ok()) {
-        if code != 0 {
-            return Err(Status::new(
-                tonic::Code::from(code),
-                "failure requested by x-demo-fail",
-            ));
-        }
+    if let Some(code) = get("x-demo-fail").and_then(|v| v.parse::<i32>().ok())
+        && code != 0
+    {
+        return Err(Status::new(
+            tonic::Code::from(code),
+            "failure requested by x-demo-fail",
+        ));
     }
     Ok(())
 }

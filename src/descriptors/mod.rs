@@ -472,10 +472,11 @@ impl protox::file::FileResolver for BuiltinResolver {
         let files = split_file_descriptor_set(Bytes::from_static(BUILTIN))
             .map_err(|_| protox::Error::file_not_found(name))?;
         for encoded in files {
-            if let Ok(file) = FileDescriptorProto::decode(encoded) {
-                if file.name() == name && !name.starts_with("google/protobuf/") {
-                    return Ok(protox::file::File::from_file_descriptor_proto(file));
-                }
+            if let Ok(file) = FileDescriptorProto::decode(encoded)
+                && file.name() == name
+                && !name.starts_with("google/protobuf/")
+            {
+                return Ok(protox::file::File::from_file_descriptor_proto(file));
             }
         }
         Err(protox::Error::file_not_found(name))

@@ -75,7 +75,7 @@ fn proto_sources_compile_without_protoc() {
     builder
         .add_proto_file(
             &root.join("demo/v1/orders.proto"),
-            &[root.clone()],
+            std::slice::from_ref(&root),
             "demo proto",
         )
         .unwrap();

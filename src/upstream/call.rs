@@ -308,23 +308,23 @@ impl Timers {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             let now = Instant::now();
-            if let Some(deadline) = self.deadline {
-                if now >= deadline.at {
-                    let why = if deadline.from_client {
-                        "deadline exceeded (the client's grpc-timeout)"
-                    } else {
-                        "deadline exceeded (the route's timeout)"
-                    };
-                    return Poll::Ready(Status::new(Code::DeadlineExceeded, why));
-                }
+            if let Some(deadline) = self.deadline
+                && now >= deadline.at
+            {
+                let why = if deadline.from_client {
+                    "deadline exceeded (the client's grpc-timeout)"
+                } else {
+                    "deadline exceeded (the route's timeout)"
+                };
+                return Poll::Ready(Status::new(Code::DeadlineExceeded, why));
             }
-            if let Some((limit, activity)) = &self.idle {
-                if now >= activity.last() + *limit {
-                    return Poll::Ready(Status::new(
-                        Code::DeadlineExceeded,
-                        format!("stream idle for {limit:?} (the route's stream_idle_timeout)"),
-                    ));
-                }
+            if let Some((limit, activity)) = &self.idle
+                && now >= activity.last() + *limit
+            {
+                return Poll::Ready(Status::new(
+                    Code::DeadlineExceeded,
+                    format!("stream idle for {limit:?} (the route's stream_idle_timeout)"),
+                ));
             }
             let far = now + Duration::from_secs(86_400 * 365);
             let next = self.next_expiry(far);
@@ -456,25 +456,25 @@ impl UpstreamBody {
 /// The status a client sees when an upstream stream fails, and whether it
 /// counts against the endpoint.
 pub(crate) fn status_for_stream_error(error: &h2::Error, target: &str) -> (Status, Outcome) {
-    if let Some(reason) = error.reason() {
-        if error.is_reset() || error.is_go_away() {
-            let code = match reason {
-                // A graceful GOAWAY that cut this stream: the backend went away.
-                h2::Reason::NO_ERROR if error.is_go_away() => Code::Unavailable,
-                reason => Code::from_h2_reason(reason),
-            };
-            let outcome = if code == Code::Cancelled {
-                Outcome::Neutral
-            } else {
-                Outcome::Failure
-            };
-            let message = if error.is_remote() {
-                format!("upstream {target} reset the stream: {reason}")
-            } else {
-                format!("stream to {target} failed: {reason}")
-            };
-            return (Status::new(code, message), outcome);
-        }
+    if let Some(reason) = error.reason()
+        && (error.is_reset() || error.is_go_away())
+    {
+        let code = match reason {
+            // A graceful GOAWAY that cut this stream: the backend went away.
+            h2::Reason::NO_ERROR if error.is_go_away() => Code::Unavailable,
+            reason => Code::from_h2_reason(reason),
+        };
+        let outcome = if code == Code::Cancelled {
+            Outcome::Neutral
+        } else {
+            Outcome::Failure
+        };
+        let message = if error.is_remote() {
+            format!("upstream {target} reset the stream: {reason}")
+        } else {
+            format!("stream to {target} failed: {reason}")
+        };
+        return (Status::new(code, message), outcome);
     }
     (
         Status::new(

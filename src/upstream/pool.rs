@@ -517,11 +517,12 @@ async fn drive(
                     if now.duration_since(sent) > settings.keepalive_timeout {
                         break format!("keepalive ping unanswered for {:?}", settings.keepalive_timeout);
                     }
-                } else if in_flight > 0 && now.duration_since(last_ping) >= settings.keepalive_interval {
-                    if ping.send_ping(h2::Ping::opaque()).is_ok() {
-                        ping_sent = Some(now);
-                        last_ping = now;
-                    }
+                } else if in_flight > 0
+                    && now.duration_since(last_ping) >= settings.keepalive_interval
+                    && ping.send_ping(h2::Ping::opaque()).is_ok()
+                {
+                    ping_sent = Some(now);
+                    last_ping = now;
                 }
                 let idle_since = pool.clock.instant_at(conn.last_active_nanos.load(Ordering::Relaxed));
                 if in_flight == 0 && now.saturating_duration_since(idle_since) >= settings.idle_timeout {
