@@ -115,6 +115,7 @@ impl Gateway {
     /// (the configuration's own `descriptors` list is not read).
     pub fn with_descriptors(config: Config, descriptors: Descriptors) -> Result<Self, BuildError> {
         config.validate()?;
+        refuse_unbuilt_features(&config)?;
         let mut clusters = HashMap::new();
         for (name, upstream) in &config.upstreams {
             let cluster = Cluster::from_config(name, upstream).map_err(BuildError::Other)?;
@@ -193,6 +194,53 @@ impl std::fmt::Debug for Gateway {
             .field("descriptors", &self.inner.descriptors)
             .field("upstreams", &self.inner.clusters.len())
             .finish()
+    }
+}
+
+/// Sections that parse but whose behaviour this version does not have yet are
+/// refused, so that nobody runs plaintext believing TLS is on.
+fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
+    use crate::config::ConfigError;
+    let mut errors = Vec::new();
+    let mut refuse = |key: String, what: &str| {
+        errors.push(ConfigError::new(
+            key,
+            format!("{what} is not available in this version of grpc-edge; remove this key"),
+        ));
+    };
+    if config.tls.is_some() {
+        refuse("tls".into(), "listener TLS");
+    }
+    if config.admin.is_some() {
+        refuse("admin".into(), "the admin listener");
+    }
+    if config.cors.is_some() {
+        refuse("cors".into(), "CORS (it comes with gRPC-Web)");
+    }
+    for (name, upstream) in &config.upstreams {
+        if upstream.dns.is_some() {
+            refuse(format!("upstreams.{name}.dns"), "DNS discovery");
+        }
+        if upstream.health_check.is_some() {
+            refuse(
+                format!("upstreams.{name}.health_check"),
+                "active health checking",
+            );
+        }
+        if upstream.tls.is_some() {
+            refuse(format!("upstreams.{name}.tls"), "upstream TLS");
+        }
+        if !upstream.retry.on.is_empty() {
+            refuse(
+                format!("upstreams.{name}.retry.on"),
+                "retrying on gRPC codes",
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
     }
 }
 
