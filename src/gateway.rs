@@ -183,7 +183,8 @@ impl Gateway {
     pub async fn handle(&self, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
         match Protocol::of(&request) {
             Protocol::Grpc => crate::passthrough::forward(self, request, conn).await,
-            Protocol::GrpcWeb | Protocol::Rest => not_found(request.uri().path()),
+            Protocol::GrpcWeb => crate::grpc_web::handle(self, request, conn).await,
+            Protocol::Rest => not_found(request.uri().path()),
         }
     }
 }

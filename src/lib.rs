@@ -21,7 +21,10 @@ mod body;
 pub mod config;
 pub mod descriptors;
 mod gateway;
+#[allow(dead_code)] // used by the REST and gRPC-Web front ends as they land
+mod grpc_frame;
 mod grpc_timeout;
+mod grpc_web;
 mod passthrough;
 mod report;
 mod routing;

@@ -1,16 +1,18 @@
 //! The native gRPC front end: routes a call by its `:path`, settles its
 //! deadline, adds forwarding metadata and hands it to the upstream cluster.
 //! Frames pass through untouched in both directions; nothing here reads a
-//! message.
+//! message. The deadline and header rules here are shared with the other
+//! front ends, which also end in an upstream gRPC call.
 
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
+use crate::routing::RouteTarget;
 use crate::status::{Code, Status};
 use crate::upstream::{CallOptions, Deadline, add_forwarded};
 
@@ -22,32 +24,47 @@ pub(crate) async fn forward(
 ) -> Response<Body> {
     let received = Instant::now();
     let Some(target) = gateway.routes().resolve(request.uri().path()) else {
-        return unknown_method(request.uri().path());
+        return unknown_method(request.uri().path()).to_grpc_response();
     };
-    let client_timeout = match request.headers().get(GRPC_TIMEOUT) {
+    let options = match call_options(target, request.headers(), received) {
+        Ok(options) => options,
+        Err(status) => return status.to_grpc_response(),
+    };
+    if request.version() != http::Version::HTTP_2 {
+        strip_connection_headers(request.headers_mut());
+    }
+    add_forwarded(
+        request.headers_mut(),
+        conn.forwarded_for.as_ref(),
+        conn.scheme,
+    );
+    target.cluster.call(request, options).await
+}
+
+/// The deadline and idle timeout of a call: unary calls get the earlier of
+/// the route's timeout and the client's `grpc-timeout`; streams get only the
+/// client's, plus the route's idle timeout.
+pub(crate) fn call_options(
+    target: &RouteTarget,
+    headers: &HeaderMap,
+    received: Instant,
+) -> Result<CallOptions, Status> {
+    let client_timeout = match headers.get(GRPC_TIMEOUT) {
         None => None,
-        Some(value) => match grpc_timeout::parse(value.as_bytes()) {
-            Ok(timeout) => Some(timeout),
-            Err(error) => {
-                return Status::new(Code::InvalidArgument, error.to_string()).to_grpc_response();
-            }
-        },
+        Some(value) => Some(
+            grpc_timeout::parse(value.as_bytes())
+                .map_err(|error| Status::new(Code::InvalidArgument, error.to_string()))?,
+        ),
     };
     let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
-    let options = CallOptions {
+    Ok(CallOptions {
         deadline: deadline(
             received,
             client_timeout,
             (!streaming).then_some(target.timeout),
         ),
         idle_timeout: streaming.then_some(target.stream_idle_timeout),
-    };
-    if request.version() != http::Version::HTTP_2 {
-        strip_connection_headers(request.headers_mut());
-    }
-    let headers = request.headers_mut();
-    add_forwarded(headers, conn.forwarded_for.as_ref(), conn.scheme);
-    target.cluster.call(request, options).await
+    })
 }
 
 /// The earlier of the client's `grpc-timeout` and the route's timeout.
@@ -73,17 +90,18 @@ fn deadline(
     }
 }
 
-fn unknown_method(path: &str) -> Response<Body> {
+/// The status for a path no route matches.
+pub(crate) fn unknown_method(path: &str) -> Status {
     let shown: String = path.chars().take(256).collect();
     let message = match crate::routing::split_grpc_path(path) {
         Some((service, _)) => format!("unknown service {service}: no route matches {shown}"),
         None => format!("malformed gRPC path {shown:?}: expected /package.Service/Method"),
     };
-    Status::new(Code::Unimplemented, message).to_grpc_response()
+    Status::new(Code::Unimplemented, message)
 }
 
-/// Headers that describe one HTTP/1.1 hop and must not travel upstream.
-fn strip_connection_headers(headers: &mut http::HeaderMap) {
+/// Removes headers that describe one HTTP/1.1 hop and must not travel upstream.
+pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
     use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
     if let Some(listed) = headers
         .get(CONNECTION)
