@@ -16,7 +16,6 @@ use crate::body::Body;
 use crate::config::{Config, ConfigErrors};
 use crate::descriptors::{DescriptorError, Descriptors};
 use crate::routing::RouteTable;
-use crate::status::{Code, Status};
 use crate::upstream::Cluster;
 
 /// Why a gateway could not be built.
@@ -88,6 +87,8 @@ struct Inner {
     descriptors: Descriptors,
     clusters: HashMap<String, Arc<Cluster>>,
     routes: RouteTable,
+    rest: crate::rest::RestFrontEnd,
+    cors: Option<crate::cors::Policy>,
 }
 
 /// A configured gateway; cheap to clone (all clones share one state).
@@ -123,12 +124,24 @@ impl Gateway {
         }
         let routes = RouteTable::new(&config.routes, &clusters, descriptors.registry())
             .map_err(BuildError::Other)?;
+        let router =
+            crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
+                .map_err(BuildError::Other)?;
+        let rest =
+            crate::rest::RestFrontEnd::new(router, descriptors.pool().clone(), &config.transcoding);
+        let cors = config
+            .cors
+            .as_ref()
+            .map(crate::cors::Policy::new)
+            .transpose()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 descriptors,
                 clusters,
                 routes,
+                rest,
+                cors,
             }),
         })
     }
@@ -145,6 +158,10 @@ impl Gateway {
 
     pub(crate) fn routes(&self) -> &RouteTable {
         &self.inner.routes
+    }
+
+    pub(crate) fn rest(&self) -> &crate::rest::RestFrontEnd {
+        &self.inner.rest
     }
 
     /// Each upstream's endpoints as the gateway sees them now.
@@ -181,11 +198,20 @@ impl Gateway {
 
     /// Handles one request from any front end.
     pub async fn handle(&self, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
-        match Protocol::of(&request) {
+        let cors = match self.inner.cors.as_ref().map(|cors| cors.check(&request)) {
+            Some(crate::cors::Check::Preflight(answer)) => return answer,
+            Some(crate::cors::Check::Actual(decoration)) => Some(decoration),
+            None => None,
+        };
+        let mut response = match Protocol::of(&request) {
             Protocol::Grpc => crate::passthrough::forward(self, request, conn).await,
             Protocol::GrpcWeb => crate::grpc_web::handle(self, request, conn).await,
-            Protocol::Rest => not_found(request.uri().path()),
+            Protocol::Rest => crate::rest::handle(self, &self.inner.rest, request, conn).await,
+        };
+        if let Some(decoration) = cors {
+            decoration.apply(response.headers_mut());
         }
+        response
     }
 }
 
@@ -215,9 +241,6 @@ fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
     if config.admin.is_some() {
         refuse("admin".into(), "the admin listener");
     }
-    if config.cors.is_some() {
-        refuse("cors".into(), "CORS (it comes with gRPC-Web)");
-    }
     for (name, upstream) in &config.upstreams {
         if upstream.dns.is_some() {
             refuse(format!("upstreams.{name}.dns"), "DNS discovery");
@@ -243,18 +266,4 @@ fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
-}
-
-fn not_found(path: &str) -> Response<Body> {
-    let shown: String = path.chars().take(256).collect();
-    let status = Status::new(Code::NotFound, format!("no route for {shown}"));
-    let body =
-        serde_json::json!({"code": status.code.as_i32(), "message": status.message, "details": []});
-    let mut response = Response::new(Body::full(body.to_string()));
-    *response.status_mut() = http::StatusCode::NOT_FOUND;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -129,8 +129,8 @@ mod tests {
 
     fn two_frames() -> Vec<u8> {
         let mut stream = encode(0, b"hello").to_vec();
-        stream.extend_from_slice(&encode(0, b"").to_vec());
-        stream.extend_from_slice(&encode(1, b"world!").to_vec());
+        stream.extend_from_slice(&encode(0, b""));
+        stream.extend_from_slice(&encode(1, b"world!"));
         stream
     }
 

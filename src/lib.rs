@@ -19,7 +19,10 @@
 
 mod body;
 pub mod config;
+mod cors;
 pub mod descriptors;
+#[doc(hidden)]
+pub mod fuzzing;
 mod gateway;
 #[allow(dead_code)] // used by the REST and gRPC-Web front ends as they land
 mod grpc_frame;
@@ -27,9 +30,11 @@ mod grpc_timeout;
 mod grpc_web;
 mod passthrough;
 mod report;
+mod rest;
 mod routing;
 pub mod server;
 mod status;
+mod transcode;
 mod upstream;
 
 #[cfg(feature = "demo")]

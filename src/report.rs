@@ -4,21 +4,44 @@
 use crate::config::RouteMatch;
 use crate::gateway::Gateway;
 
-/// One line per route: `METHOD  /path  →  pkg.Service/Method  (upstream, kind)`, aligned.
+/// One line per route, aligned: every REST binding
+/// (`GET  /v1/{name=orders/*}  →  demo.v1.OrderService/GetOrder  (orders)`),
+/// then every native gRPC path.
 pub fn route_lines(gateway: &Gateway) -> Vec<String> {
-    let rows: Vec<(String, String, String, String)> = gateway
-        .method_routes()
-        .into_iter()
-        .map(|(path, upstream, kind)| {
-            let method = path.trim_start_matches('/').to_string();
+    let upstream_of = |path: &str| {
+        gateway
+            .routes()
+            .resolve(path)
+            .map_or_else(|| "no route".to_string(), |t| t.cluster.name.to_string())
+    };
+    let mut rows: Vec<(String, String, String, String)> = gateway
+        .rest()
+        .router
+        .bindings()
+        .map(|b| {
+            let note = upstream_of(&b.method.path);
             (
-                "POST".to_string(),
-                path,
-                method,
-                format!("{upstream}, {kind}"),
+                b.http_method.to_string(),
+                b.pattern.clone(),
+                b.method_name().to_string(),
+                note,
             )
         })
         .collect();
+    rows.extend(
+        gateway
+            .method_routes()
+            .into_iter()
+            .map(|(path, upstream, kind)| {
+                let method = path.trim_start_matches('/').to_string();
+                (
+                    "gRPC".to_string(),
+                    path,
+                    method,
+                    format!("{upstream}, {kind}"),
+                )
+            }),
+    );
     let width =
         |f: fn(&(String, String, String, String)) -> usize| rows.iter().map(f).max().unwrap_or(0);
     let (w0, w1, w2) = (

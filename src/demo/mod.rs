@@ -92,7 +92,23 @@ pub async fn run(
         }
         Err(e) => println!("\ngrpc-edge demo: the self-check call failed: {e}"),
     }
-    println!("\nTry it (native gRPC; grpcurl reads the .proto from this repository):");
+    let base = format!("http://{bound}");
+    println!("\nTry REST/JSON (curl):");
+    println!("  curl -s {base}/v1/orders/1");
+    println!("  curl -s '{base}/v1/orders?state=SHIPPED'");
+    println!(
+        "  curl -s -X POST {base}/v1/orders -H 'Content-Type: application/json' -d '{{\"item\":\"mug\",\"quantity\":2}}'"
+    );
+    println!(
+        "  curl -sN {base}/v1/orders/1:watch                                # NDJSON, one line per event"
+    );
+    println!(
+        "  curl -sN -H 'Accept: text/event-stream' {base}/v1/orders/1:watch  # server-sent events"
+    );
+    println!(
+        "  curl -s -i {base}/v1/orders/404                                   # an error: HTTP 404 + google.rpc.Status"
+    );
+    println!("\nTry native gRPC (grpcurl reads the .proto from this repository):");
     let proto = "-import-path proto -proto demo/v1/orders.proto";
     println!(
         "  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\"}}' {bound} demo.v1.OrderService/GetOrder"

@@ -8,6 +8,10 @@ pub mod pb {
     include!("generated/testing.v1.rs");
 }
 
+pub mod grpc_web_client;
+pub mod raw_backend;
+pub mod rest_client;
+
 use std::collections::HashMap as BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -550,3 +554,6 @@ impl Drop for GatewayProcess {
         let _ = self.child.wait();
     }
 }
+
+#[allow(unused_imports)]
+pub use grpc_web_client::*;
