@@ -194,10 +194,13 @@ mod reference {
         }
     }
 
+    /// A precedence key and the path variables.
+    type Match = (Vec<u8>, Vec<(String, String)>);
+
     /// Whether one binding matches, with its precedence key (smaller wins:
     /// per segment literal < `*` < `**`, and at the verb's segment a verb
     /// match before a whole-segment one) and its variables.
-    fn matches(binding: &Binding, path: &[&str]) -> Option<(Vec<u8>, Vec<(String, String)>)> {
+    fn matches(binding: &Binding, path: &[&str]) -> Option<Match> {
         let t = &binding.template;
         let mut segments: Vec<&str> = path.to_vec();
         let n = segments.len();
