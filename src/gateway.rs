@@ -16,7 +16,7 @@ use crate::body::Body;
 use crate::config::{Config, ConfigErrors};
 use crate::descriptors::{DescriptorError, Descriptors};
 use crate::routing::RouteTable;
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, Resolve, SystemResolver};
 
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +89,8 @@ struct Inner {
     routes: RouteTable,
     rest: crate::rest::RestFrontEnd,
     cors: Option<crate::cors::Policy>,
+    /// Set while a listener is serving and not shutting down (`/readyz`).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 /// A configured gateway; cheap to clone (all clones share one state).
@@ -115,12 +117,30 @@ impl Gateway {
     /// Builds a gateway from a configuration and descriptors loaded elsewhere
     /// (the configuration's own `descriptors` list is not read).
     pub fn with_descriptors(config: Config, descriptors: Descriptors) -> Result<Self, BuildError> {
+        Self::builder().config(config).descriptors(descriptors).build()
+    }
+
+    /// A builder, for what a configuration file cannot say (a DNS resolver,
+    /// descriptors loaded in code).
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder::default()
+    }
+
+    fn assemble(config: Config, descriptors: Descriptors, resolver: Arc<dyn Resolve>) -> Result<Self, BuildError> {
         config.validate()?;
         refuse_unbuilt_features(&config)?;
         let mut clusters = HashMap::new();
         for (name, upstream) in &config.upstreams {
-            let cluster = Cluster::from_config(name, upstream).map_err(BuildError::Other)?;
+            let cluster = Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
             clusters.insert(name.clone(), cluster);
+        }
+        // Background work (outlier evaluation, health checks, DNS) needs a
+        // runtime; a gateway built outside one (e.g. only to check a
+        // configuration) simply does not start it.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for cluster in clusters.values() {
+                cluster.start();
+            }
         }
         let routes = RouteTable::new(&config.routes, &clusters, descriptors.registry())
             .map_err(BuildError::Other)?;
@@ -142,6 +162,7 @@ impl Gateway {
                 routes,
                 rest,
                 cors,
+                ready: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -160,19 +181,23 @@ impl Gateway {
         &self.inner.routes
     }
 
+    /// Whether the gateway is serving and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, std::sync::atomic::Ordering::Release);
+    }
+
     pub(crate) fn rest(&self) -> &crate::rest::RestFrontEnd {
         &self.inner.rest
     }
 
-    /// Each upstream's endpoints as the gateway sees them now.
-    pub fn upstream_snapshot(&self) -> Vec<(String, Vec<crate::upstream::EndpointSnapshot>)> {
-        let mut all: Vec<_> = self
-            .inner
-            .clusters
-            .iter()
-            .map(|(name, cluster)| (name.clone(), cluster.snapshot()))
-            .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+    /// Each upstream as the gateway sees it now, sorted by name.
+    pub fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
+        let mut all: Vec<_> = self.inner.clusters.values().map(|cluster| cluster.snapshot()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
@@ -224,6 +249,48 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Builds a [`Gateway`] step by step.
+#[derive(Default)]
+pub struct GatewayBuilder {
+    config: Option<Config>,
+    descriptors: Option<Descriptors>,
+    resolver: Option<Arc<dyn Resolve>>,
+}
+
+impl GatewayBuilder {
+    /// The configuration (required).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = Some(config);
+        self
+    }
+
+    /// Descriptors loaded in code; without them the configuration's `descriptors` are loaded.
+    pub fn descriptors(mut self, descriptors: Descriptors) -> Self {
+        self.descriptors = Some(descriptors);
+        self
+    }
+
+    /// The resolver for `upstreams.*.dns` (default: the system resolver).
+    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Builds the gateway; call it inside a tokio runtime so that background
+    /// work (health checks, DNS, outlier detection) starts.
+    pub fn build(self) -> Result<Gateway, BuildError> {
+        let config = self
+            .config
+            .ok_or_else(|| BuildError::Other("GatewayBuilder: no configuration given".into()))?;
+        let descriptors = match self.descriptors {
+            Some(descriptors) => descriptors,
+            None => Descriptors::load(&config.descriptors)?,
+        };
+        let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
+        Gateway::assemble(config, descriptors, resolver)
+    }
+}
+
 /// Sections that parse but whose behaviour this version does not have yet are
 /// refused, so that nobody runs plaintext believing TLS is on.
 fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
@@ -238,27 +305,9 @@ fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
     if config.tls.is_some() {
         refuse("tls".into(), "listener TLS");
     }
-    if config.admin.is_some() {
-        refuse("admin".into(), "the admin listener");
-    }
     for (name, upstream) in &config.upstreams {
-        if upstream.dns.is_some() {
-            refuse(format!("upstreams.{name}.dns"), "DNS discovery");
-        }
-        if upstream.health_check.is_some() {
-            refuse(
-                format!("upstreams.{name}.health_check"),
-                "active health checking",
-            );
-        }
         if upstream.tls.is_some() {
             refuse(format!("upstreams.{name}.tls"), "upstream TLS");
-        }
-        if !upstream.retry.on.is_empty() {
-            refuse(
-                format!("upstreams.{name}.retry.on"),
-                "retrying on gRPC codes",
-            );
         }
     }
     if errors.is_empty() {

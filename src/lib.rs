@@ -17,6 +17,7 @@
 
 #![warn(missing_docs)]
 
+mod admin;
 mod body;
 pub mod config;
 mod cors;
@@ -41,8 +42,8 @@ mod upstream;
 pub mod demo;
 
 pub use body::Body;
-pub use gateway::{BuildError, ConnInfo, Gateway};
+pub use gateway::{BuildError, ConnInfo, Gateway, GatewayBuilder};
 pub use report::{check_warnings, route_lines};
-pub use server::{ServeOptions, serve};
+pub use server::{ServeOptions, serve, serve_admin};
 pub use status::{Code, Status};
-pub use upstream::EndpointSnapshot;
+pub use upstream::{ClusterSnapshot, DiscoverySnapshot, EndpointSnapshot, Resolve, SystemResolver};

@@ -113,15 +113,27 @@ async fn serve(config: PathBuf) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let admin = match &gateway.config().admin {
+        Some(admin) => {
+            let listener = tokio::net::TcpListener::bind(admin.listen)
+                .await
+                .map_err(|e| format!("admin.listen: cannot listen on {}: {e}", admin.listen))?;
+            tracing::info!(addr = %listener.local_addr().unwrap_or(admin.listen), "admin listening");
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(grpc_edge::serve_admin(gateway.clone(), listener, async {
+                let _ = stopped.await;
+            }));
+            Some((stop, task))
+        }
+        None => None,
+    };
     let methods = gateway.descriptors().registry().len();
     tracing::info!(addr = %listener.local_addr().unwrap_or(listen), methods, "grpc-edge listening");
-    grpc_edge::serve(
-        gateway,
-        listener,
-        shutdown_signal(),
-        ServeOptions::default(),
-    )
-    .await;
+    grpc_edge::serve(gateway, listener, shutdown_signal(), ServeOptions::default()).await;
+    if let Some((stop, task)) = admin {
+        let _ = stop.send(());
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

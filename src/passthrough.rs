@@ -64,6 +64,7 @@ pub(crate) fn call_options(
             (!streaming).then_some(target.timeout),
         ),
         idle_timeout: streaming.then_some(target.stream_idle_timeout),
+        streaming,
     })
 }
 

@@ -222,7 +222,7 @@ async fn a_small_max_concurrent_streams_opens_more_connections_up_to_the_cap() {
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     let snapshot = gateway.gateway.upstream_snapshot();
-    let connections = &snapshot[0].1[0].connections;
+    let connections = &snapshot[0].endpoints[0].connections;
     assert!(
         !connections.is_empty() && connections.len() <= 4,
         "{connections:?}"

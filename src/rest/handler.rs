@@ -505,7 +505,8 @@ pub(crate) fn metadata_from_http(headers: &HeaderMap) -> HeaderMap {
 pub(crate) fn http_from_metadata(into: &mut HeaderMap, metadata: &HeaderMap) {
     for (name, value) in metadata {
         let n = name.as_str();
-        if n.starts_with("grpc-") || n == "content-type" || n == "content-length" || n == "te" {
+        let reserved = n.starts_with("grpc-") && n != crate::upstream::OVERLOADED_HEADER;
+        if reserved || n == "content-type" || n == "content-length" || n == "te" {
             continue;
         }
         into.append(HeaderName::clone(name), value.clone());

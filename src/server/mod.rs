@@ -109,6 +109,7 @@ pub async fn serve(
     let tracker = Arc::new(Tracker::default());
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
+    gateway.set_ready(true);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
@@ -131,6 +132,7 @@ pub async fn serve(
             }
         }
     }
+    gateway.set_ready(false);
     drop(listener);
     let _ = stop.send(true);
     let in_flight = tracker.active.load(Ordering::Acquire);
@@ -189,4 +191,15 @@ async fn serve_connection(
     } else {
         h1::serve(io, gateway, info, limits, stopped).await;
     }
+}
+
+/// Serves the admin endpoints (`/healthz`, `/readyz`, `/upstreams`, `/config`,
+/// `/routes`) on `listener` until `shutdown` completes. Run it beside
+/// [`serve`], and stop it after `serve` returns so `/readyz` reports the drain.
+pub async fn serve_admin(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = watch::channel(false);
+    let admin = tokio::spawn(crate::admin::serve(gateway, listener, stopped));
+    shutdown.await;
+    let _ = stop.send(true);
+    let _ = admin.await;
 }

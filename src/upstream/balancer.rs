@@ -58,7 +58,7 @@ impl Balancer {
             BalancerKind::PeakEwma | BalancerKind::LeastRequest => {
                 let cost = |e: &Endpoint| match self.kind {
                     BalancerKind::PeakEwma => e.ewma_cost(now_nanos),
-                    _ => f64::from(e.in_flight()),
+                    _ => e.load_cost(now_nanos),
                 };
                 let i = fastrand::usize(..n);
                 let mut j = fastrand::usize(..n - 1);

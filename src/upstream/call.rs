@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::clock::Clock;
 use super::endpoint::Endpoint;
+use super::limits::Admitted;
 use super::pool::Slot;
 use crate::body::{Body, BoxError};
 use crate::status::{Code, Status};
@@ -36,10 +37,13 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    pub(crate) fn of_code(code: Code) -> Self {
+    /// What a status from the backend says about it. DEADLINE_EXCEEDED is the
+    /// backend's fault only when the client set no deadline of its own.
+    pub(crate) fn of_code(code: Code, client_deadline: bool) -> Self {
         match code {
             Code::Unavailable | Code::Internal | Code::Unknown | Code::DataLoss => Self::Failure,
-            Code::Cancelled => Self::Neutral,
+            Code::DeadlineExceeded if !client_deadline => Self::Failure,
+            Code::Cancelled | Code::DeadlineExceeded => Self::Neutral,
             _ => Self::Success,
         }
     }
@@ -51,20 +55,38 @@ pub(crate) struct CallGuard {
     endpoint: Arc<Endpoint>,
     slot: Slot,
     outcome: Outcome,
+    /// This call is the single probe of an endpoint whose ejection ran out.
+    probe: bool,
+    client_deadline: bool,
+    /// The call's place under the cluster's limits, held until it ends.
+    admitted: Option<Admitted>,
 }
 
 impl CallGuard {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, slot: Slot) -> Self {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, slot: Slot, probe: bool, client_deadline: bool) -> Self {
         Self {
             endpoint,
             slot,
             // A call dropped before it finished was cancelled by the client.
             outcome: Outcome::Neutral,
+            probe,
+            client_deadline,
+            admitted: None,
         }
     }
 
     pub(crate) fn finish(&mut self, outcome: Outcome) {
         self.outcome = outcome;
+    }
+
+    /// Finishes with the status the backend sent.
+    pub(crate) fn finish_with(&mut self, code: Code) {
+        self.outcome = Outcome::of_code(code, self.client_deadline);
+    }
+
+    /// Keeps the call counted under the cluster's limits for as long as it lives.
+    pub(crate) fn hold(&mut self, admitted: Option<Admitted>) {
+        self.admitted = admitted;
     }
 
     pub(crate) fn slot(&self) -> &Slot {
@@ -78,7 +100,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.endpoint.end_call(self.outcome == Outcome::Failure);
+        self.endpoint.end_call(self.outcome, self.probe);
     }
 }
 
@@ -367,7 +389,7 @@ impl UpstreamBody {
     ) -> Self {
         let status_in_headers = match Status::from_headers(headers) {
             Some(status) => {
-                guard.finish(Outcome::of_code(status.code));
+                guard.finish_with(status.code);
                 true
             }
             None => false,
@@ -432,9 +454,10 @@ impl UpstreamBody {
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => {
                 self.state = State::Done;
-                let code = Status::from_headers(&trailers).map(|s| s.code);
-                self.guard
-                    .finish(code.map_or(Outcome::Failure, Outcome::of_code));
+                match Status::from_headers(&trailers) {
+                    Some(status) => self.guard.finish_with(status.code),
+                    None => self.guard.finish(Outcome::Failure),
+                }
                 Poll::Ready(Some(Frame::trailers(trailers)))
             }
             Ok(None) if self.status_in_headers => {

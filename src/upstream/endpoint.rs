@@ -5,12 +5,14 @@
 //! one view of the load without a lock.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::uri::Authority;
 
+use super::call::Outcome;
 use super::clock::Clock;
+use super::outlier::{OutlierDetector, OutlierState, Standing};
 use super::pool::Pool;
 
 /// How fast the latency estimate forgets old samples (Linkerd and Finagle use 10 s).
@@ -21,6 +23,16 @@ const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// gives it an estimate, so it is tried at once but never flooded.
 const UNMEASURED_BUSY_PENALTY: f64 = 1e12;
 
+/// What active health checks last concluded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Health {
+    /// No health check configured, or none finished yet: takes traffic.
+    Unknown = 0,
+    Healthy = 1,
+    /// Failed `unhealthy_threshold` checks in a row: takes no traffic.
+    Unhealthy = 2,
+}
+
 /// A backend endpoint.
 pub(crate) struct Endpoint {
     /// `host:port` as configured or discovered; what we connect to.
@@ -28,6 +40,12 @@ pub(crate) struct Endpoint {
     /// The `:authority` sent upstream.
     pub(crate) authority: Authority,
     pub(crate) pool: Arc<Pool>,
+    pub(crate) outlier: OutlierState,
+    detector: Arc<OutlierDetector>,
+    clock: Clock,
+    health: AtomicU8,
+    /// Removed by discovery: takes no new calls, finishes the ones it has.
+    draining: AtomicBool,
     in_flight: AtomicU32,
     rtt: PeakEwma,
     calls: AtomicU64,
@@ -35,16 +53,56 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Arc<str>, authority: Authority, pool: Arc<Pool>) -> Self {
+    pub(crate) fn new(target: Arc<str>, authority: Authority, pool: Arc<Pool>, detector: Arc<OutlierDetector>, clock: Clock) -> Self {
         Self {
             target,
             authority,
             pool,
+            outlier: OutlierState::default(),
+            detector,
+            clock,
+            health: AtomicU8::new(Health::Unknown as u8),
+            draining: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             rtt: PeakEwma::default(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
+    }
+
+    /// Whether normal calls may be sent here now (probes are chosen separately).
+    pub(crate) fn in_service(&self, now: u64) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && self.health() != Health::Unhealthy
+            && self.outlier.standing(now) == Standing::InService
+    }
+
+    /// Whether this endpoint's single probe call is due and may be claimed.
+    pub(crate) fn claim_probe(&self, now: u64) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.health() != Health::Unhealthy && self.outlier.claim_probe(now)
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        match self.health.load(Ordering::Relaxed) {
+            1 => Health::Healthy,
+            2 => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
+
+    pub(crate) fn set_health(&self, health: Health) {
+        self.health.store(health as u8, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Takes the endpoint out of service for good (discovery removed it).
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        self.detector.forget(&self.outlier);
+        self.pool.close();
     }
 
     /// Calls in flight on this endpoint.
@@ -57,11 +115,13 @@ impl Endpoint {
         self.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn end_call(&self, failed: bool) {
+    /// Ends a call, feeding its outcome to outlier detection.
+    pub(crate) fn end_call(&self, outcome: Outcome, probe: bool) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if failed {
+        if outcome == Outcome::Failure {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
+        self.detector.record(&self.outlier, outcome, probe, self.clock.now_nanos());
     }
 
     /// Records the time from sending a call to its response headers.
@@ -74,14 +134,21 @@ impl Endpoint {
         Duration::from_nanos(self.rtt.estimate(clock.now_nanos()) as u64)
     }
 
-    /// Peak-EWMA cost: latency estimate × (calls in flight + 1).
+    /// Peak-EWMA cost: latency estimate × (calls in flight + 1), raised for
+    /// an endpoint in slow start after an ejection.
     pub(crate) fn ewma_cost(&self, now_nanos: u64) -> f64 {
         let in_flight = self.in_flight();
-        match self.rtt.estimate(now_nanos) {
+        let cost = match self.rtt.estimate(now_nanos) {
             rtt if rtt > 0.0 => rtt * f64::from(in_flight + 1),
             _ if in_flight == 0 => 0.0,
             _ => UNMEASURED_BUSY_PENALTY * f64::from(in_flight),
-        }
+        };
+        cost * self.outlier.warmup_factor(now_nanos)
+    }
+
+    /// Least-request cost: calls in flight, raised during slow start.
+    pub(crate) fn load_cost(&self, now_nanos: u64) -> f64 {
+        f64::from(self.in_flight()) * self.outlier.warmup_factor(now_nanos)
     }
 
     /// Calls started and calls that failed, since start.

@@ -1,7 +1,8 @@
-//! Upstream clusters: the endpoints of one `upstreams.<name>` entry, a
-//! balancer that picks one per call, a connection pool per endpoint, and the
-//! call itself (request pump, response body, deadlines, transparent retry of
-//! calls that provably never reached a backend).
+//! Upstream clusters: the endpoints of one `upstreams.<name>` entry (static,
+//! or discovered through DNS), a balancer that picks one per call, a
+//! connection pool per endpoint, passive (outlier detection) and active
+//! (health checks) health, limits that fail fast, retries, and the call
+//! itself (`dispatch`).
 //!
 //! The upstream side knows nothing about the front ends: it takes an
 //! `http::Request` whose body is a stream of gRPC frames and returns the
@@ -10,28 +11,36 @@
 mod balancer;
 mod call;
 mod clock;
+mod discovery;
+mod dispatch;
 mod endpoint;
+mod health_check;
+mod limits;
+mod outlier;
 mod pool;
+mod retry;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use http::uri::{Authority, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body::Body as _;
-use tokio::time::Instant;
+use tokio::sync::Notify;
 
-pub(crate) use call::{Deadline, Outcome, UpstreamBody};
+pub(crate) use call::{Deadline, UpstreamBody};
+pub use discovery::{Resolve, SystemResolver};
+pub(crate) use limits::OVERLOADED_HEADER;
 
 use self::balancer::Balancer;
-use self::call::{Activity, CallGuard, Replay, RequestPump, Timers, status_for_stream_error};
 use self::clock::Clock;
-use self::endpoint::Endpoint;
+use self::endpoint::{Endpoint, Health};
+use self::health_check::HealthSettings;
+use self::limits::Limits;
+use self::outlier::{OutlierDetector, OutlierSettings, Standing};
 use self::pool::{Pool, PoolSettings};
-use crate::body::Body;
+use self::retry::Retries;
 use crate::config;
-use crate::status::{Code, Status};
 
 /// How one call is to be made.
 #[derive(Clone, Copy, Debug, Default)]
@@ -40,53 +49,202 @@ pub(crate) struct CallOptions {
     pub(crate) deadline: Option<Deadline>,
     /// For streams: end the call when no message moved for this long.
     pub(crate) idle_timeout: Option<Duration>,
+    /// Counted under `max_streams` rather than `max_requests`.
+    pub(crate) streaming: bool,
+}
+
+/// DNS discovery state of a cluster.
+struct Discovery {
+    host: String,
+    port: u16,
+    every: Duration,
+    /// `:authority` (and later SNI) for every discovered endpoint.
+    authority: Authority,
+    refresh: Arc<Notify>,
+    /// Woken when the first resolution finished, so early calls can wait for it.
+    resolved: Notify,
+    resolved_once: std::sync::atomic::AtomicBool,
+    last_error: Mutex<Option<String>>,
 }
 
 /// One named upstream cluster.
 pub(crate) struct Cluster {
     pub(crate) name: Arc<str>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// Endpoints discovery removed while they still had calls, for introspection.
+    draining: Mutex<Vec<Weak<Endpoint>>>,
     balancer: Balancer,
     clock: Clock,
     scheme: Scheme,
-    max_attempts: u32,
+    settings: Arc<PoolSettings>,
+    detector: Arc<OutlierDetector>,
+    limits: Arc<Limits>,
+    retries: Arc<Retries>,
     max_replay_buffer: usize,
+    health: Option<HealthSettings>,
+    discovery: Option<Discovery>,
+    resolver: Arc<dyn Resolve>,
 }
 
-/// Most endpoints one call tries when connecting fails or its stream is refused.
-const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
-
 impl Cluster {
-    /// Builds a cluster with static endpoints; connections open on first use.
-    pub(crate) fn from_config(
-        name: &str,
-        upstream: &config::Upstream,
-    ) -> Result<Arc<Self>, String> {
+    /// Builds a cluster; connections open on first use and background work
+    /// (outlier evaluation, health checks, DNS) starts with `start`.
+    pub(crate) fn new(name: &str, upstream: &config::Upstream, resolver: Arc<dyn Resolve>) -> Result<Arc<Self>, String> {
         let settings = Arc::new(PoolSettings::from_config(upstream));
         let clock = Clock::new();
-        let endpoints = upstream
-            .endpoints
-            .iter()
-            .map(|target| {
-                let authority: Authority = target.parse().map_err(|e| {
-                    format!(
-                        "upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}"
-                    )
-                })?;
-                let target: Arc<str> = Arc::from(target.as_str());
-                let pool = Pool::new(target.clone(), settings.clone(), clock);
-                Ok(Arc::new(Endpoint::new(target, authority, pool)))
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Arc::new(Self {
+        let detector = Arc::new(OutlierDetector::new(
+            OutlierSettings::from_config(&upstream.outlier_detection),
+            upstream.endpoints.len(),
+        ));
+        let discovery = match &upstream.dns {
+            None => None,
+            Some(dns) => {
+                let (host, port) = discovery::split_host_port(dns)
+                    .ok_or_else(|| format!("upstreams.{name}.dns: expected host:port, got \"{dns}\""))?;
+                let authority: Authority = dns
+                    .parse()
+                    .map_err(|e| format!("upstreams.{name}.dns: \"{dns}\" is not a valid authority: {e}"))?;
+                Some(Discovery {
+                    host,
+                    port,
+                    every: upstream.dns_refresh.get(),
+                    authority,
+                    refresh: Arc::new(Notify::new()),
+                    resolved: Notify::new(),
+                    resolved_once: std::sync::atomic::AtomicBool::new(false),
+                    last_error: Mutex::new(None),
+                })
+            }
+        };
+        let cluster = Arc::new(Self {
             name: Arc::from(name),
-            endpoints: ArcSwap::from_pointee(endpoints),
+            endpoints: ArcSwap::from_pointee(Vec::new()),
+            draining: Mutex::new(Vec::new()),
             balancer: Balancer::new(upstream.balancer),
             clock,
             scheme: Scheme::HTTP,
-            max_attempts: upstream.retry.max_attempts,
+            settings,
+            detector,
+            limits: Limits::new(&upstream.limits),
+            retries: Retries::new(&upstream.retry),
             max_replay_buffer: upstream.retry.max_replay_buffer.as_usize(),
-        }))
+            health: upstream.health_check.as_ref().map(HealthSettings::from_config),
+            discovery,
+            resolver,
+        });
+        let mut endpoints = Vec::with_capacity(upstream.endpoints.len());
+        for target in &upstream.endpoints {
+            let authority: Authority = target
+                .parse()
+                .map_err(|e| format!("upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}"))?;
+            endpoints.push(cluster.make_endpoint(Arc::from(target.as_str()), authority));
+        }
+        cluster.endpoints.store(Arc::new(endpoints));
+        Ok(cluster)
+    }
+
+    fn make_endpoint(&self, target: Arc<str>, authority: Authority) -> Arc<Endpoint> {
+        let refresh = self.discovery.as_ref().map(|d| d.refresh.clone());
+        let pool = Pool::new(target.clone(), self.settings.clone(), self.clock, refresh);
+        Arc::new(Endpoint::new(target, authority, pool, self.detector.clone(), self.clock))
+    }
+
+    /// Starts the cluster's background work; each task ends when the cluster is dropped.
+    pub(crate) fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let interval = self.detector.settings.interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(cluster) = weak.upgrade() else { return };
+                let endpoints = cluster.endpoints.load();
+                cluster
+                    .detector
+                    .evaluate(endpoints.iter().map(|e| &e.outlier), cluster.clock.now_nanos());
+            }
+        });
+        for endpoint in self.endpoints.load().iter() {
+            self.start_health_check(endpoint);
+        }
+        if let Some(discovery) = &self.discovery {
+            tokio::spawn(discovery::run(
+                Arc::downgrade(self),
+                discovery.host.clone(),
+                discovery.port,
+                discovery.every,
+                self.resolver.clone(),
+                discovery.refresh.clone(),
+            ));
+        }
+    }
+
+    fn start_health_check(&self, endpoint: &Arc<Endpoint>) {
+        if let Some(settings) = &self.health {
+            tokio::spawn(health_check::run(Arc::downgrade(endpoint), settings.clone(), self.limits.clone()));
+        }
+    }
+
+    /// Replaces the discovered endpoint set: new addresses join, missing ones drain.
+    fn set_endpoints(&self, addresses: &[std::net::SocketAddr]) {
+        let Some(discovery) = &self.discovery else { return };
+        if let Ok(mut last) = discovery.last_error.lock() {
+            *last = None;
+        }
+        let wanted: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        let current = self.endpoints.load_full();
+        let mut next: Vec<Arc<Endpoint>> = current
+            .iter()
+            .filter(|e| wanted.iter().any(|w| **w == *e.target))
+            .cloned()
+            .collect();
+        for endpoint in current.iter().filter(|e| !wanted.iter().any(|w| **w == *e.target)) {
+            tracing::info!(upstream = %self.name, endpoint = %endpoint.target, "endpoint left DNS: draining");
+            endpoint.drain();
+            if let Ok(mut draining) = self.draining.lock() {
+                draining.retain(|w| w.strong_count() > 0);
+                draining.push(Arc::downgrade(endpoint));
+            }
+        }
+        for address in &wanted {
+            if !next.iter().any(|e| *e.target == **address) {
+                tracing::info!(upstream = %self.name, endpoint = %address, "endpoint joined from DNS");
+                let endpoint = self.make_endpoint(Arc::from(address.as_str()), discovery.authority.clone());
+                self.start_health_check(&endpoint);
+                next.push(endpoint);
+            }
+        }
+        next.sort_by(|a, b| a.target.cmp(&b.target));
+        self.detector.set_endpoint_count(next.len());
+        self.endpoints.store(Arc::new(next));
+        if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            discovery.resolved.notify_waiters();
+        }
+    }
+
+    fn discovery_failed(&self, why: String) {
+        tracing::warn!(upstream = %self.name, "{why}");
+        if let Some(discovery) = &self.discovery {
+            if let Ok(mut last) = discovery.last_error.lock() {
+                *last = Some(why);
+            }
+            if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                discovery.resolved.notify_waiters();
+            }
+        }
+    }
+
+    /// Waits (bounded) for the first DNS answer, so calls at start-up are not refused.
+    async fn first_resolution(&self) {
+        if let Some(discovery) = &self.discovery {
+            let notified = discovery.resolved.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !discovery.resolved_once.load(std::sync::atomic::Ordering::Acquire) {
+                let _ = tokio::time::timeout(self.settings.pending_timeout, notified).await;
+            }
+        }
     }
 
     /// Stops every pool: connections close as their calls finish.
@@ -96,249 +254,109 @@ impl Cluster {
         }
     }
 
-    /// What the cluster believes about each endpoint now.
-    pub(crate) fn snapshot(&self) -> Vec<EndpointSnapshot> {
+    /// What the cluster believes about itself and each endpoint now.
+    pub(crate) fn snapshot(&self) -> ClusterSnapshot {
         let now = self.clock.now_nanos();
-        self.endpoints
-            .load()
-            .iter()
-            .map(|e| {
-                let (calls, failures) = e.counters();
-                EndpointSnapshot {
-                    target: e.target.to_string(),
-                    in_flight: e.in_flight(),
-                    calls,
-                    failures,
-                    rtt: e.rtt_estimate(&self.clock),
-                    connections: e.pool.connection_loads(),
-                    backing_off: e.pool.in_backoff(now),
-                    last_error: e.pool.last_error(),
-                }
-            })
-            .collect()
+        let mut endpoints: Vec<EndpointSnapshot> = self.endpoints.load().iter().map(|e| self.describe(e, now)).collect();
+        if let Ok(draining) = self.draining.lock() {
+            endpoints.extend(draining.iter().filter_map(Weak::upgrade).map(|e| self.describe(&e, now)));
+        }
+        let (unary, streaming, pending) = self.limits.in_flight();
+        ClusterSnapshot {
+            name: self.name.to_string(),
+            discovery: self.discovery.as_ref().map(|d| DiscoverySnapshot {
+                name: format!("{}:{}", d.host, d.port),
+                refresh: humantime(d.every),
+                last_error: d.last_error.lock().ok().and_then(|e| e.clone()),
+            }),
+            unary_in_flight: unary,
+            streams_in_flight: streaming,
+            pending,
+            overflows: self.limits.overflows().iter().map(|(o, n)| (o.as_str().to_string(), *n)).collect(),
+            retries: self.retries.made.load(std::sync::atomic::Ordering::Relaxed),
+            retries_refused_by_budget: self.retries.refused_by_budget.load(std::sync::atomic::Ordering::Relaxed),
+            endpoints,
+        }
     }
 
-    /// Makes one call: picks an endpoint, takes a stream, sends, and returns
-    /// the response as soon as its headers arrive (the body streams on).
-    /// Failures become gRPC trailers-only responses; this never panics on input.
-    pub(crate) async fn call(
-        &self,
-        request: Request<Body>,
-        options: CallOptions,
-    ) -> Response<Body> {
-        let (parts, body) = request.into_parts();
-        let mut body = Some(body);
-        let mut replay: Option<Replay> = None;
-        // Endpoints this call already tried, by address (compared, never dereferenced).
-        let mut tried: Vec<usize> = Vec::new();
-        let mut last_failure = None;
-        let mut timers = Timers::new(
-            options.deadline,
-            options
-                .idle_timeout
-                .map(|limit| (limit, Activity::new(self.clock))),
-        );
-        let pool_deadline = options.deadline.map(|d| d.at);
-
-        for _attempt in 0..MAX_TRANSPARENT_ATTEMPTS.max(self.max_attempts as usize) {
-            let Some(endpoint) = self.pick(&tried) else {
-                break;
-            };
-            endpoint.begin_call();
-            let slot = match endpoint.pool.acquire(pool_deadline).await {
-                Ok(slot) => slot,
-                Err(error) => {
-                    endpoint.end_call(true);
-                    tried.push(Arc::as_ptr(&endpoint) as usize);
-                    last_failure = Some(Status::new(Code::Unavailable, error.to_string()));
-                    continue;
-                }
-            };
-            let mut guard = CallGuard::new(endpoint, slot);
-            let Some(request_body) = body
-                .take()
-                .or_else(|| replay.as_ref().and_then(Replay::body))
-            else {
-                break;
-            };
-            let end_of_stream = request_body.is_end_stream();
-            let head = self.request_head(&parts, &guard.endpoint().authority, options.deadline);
-            let (response, send) = match guard.slot().send_request(head, end_of_stream) {
-                Ok(opened) => opened,
-                Err(error) => {
-                    // Nothing left us: the connection is going away. Try another.
-                    guard.slot().retire_connection();
-                    guard.finish(Outcome::Neutral);
-                    last_failure = Some(Status::new(
-                        Code::Unavailable,
-                        format!(
-                            "upstream {} connection closing: {error}",
-                            guard.endpoint().target
-                        ),
-                    ));
-                    body = Some(request_body);
-                    continue;
-                }
-            };
-            let started = Instant::now();
-            if !end_of_stream {
-                let idle_activity = timers.idle.as_ref().map(|(_, a)| a.clone());
-                let mut pump = RequestPump::new(
-                    request_body,
-                    send,
-                    Some(Replay::new(self.max_replay_buffer)),
-                    idle_activity,
-                );
-                // Most unary requests are already complete: send them inline
-                // and keep them for a retry; only a body still arriving gets a task.
-                match std::future::poll_fn(|cx| std::task::Poll::Ready(pump.poll_pump(cx))).await {
-                    std::task::Poll::Ready(_) => replay = pump.replay.take(),
-                    std::task::Poll::Pending => {
-                        replay = None;
-                        tokio::spawn(pump.run());
-                    }
-                }
-            } else {
-                drop(send);
+    fn describe(&self, e: &Endpoint, now: u64) -> EndpointSnapshot {
+        let (calls, failures) = e.counters();
+        let standing = e.outlier.standing(now);
+        let state = if e.is_draining() {
+            "draining"
+        } else if e.health() == Health::Unhealthy {
+            "unhealthy"
+        } else {
+            match standing {
+                Standing::InService if e.pool.in_backoff(now) => "backing_off",
+                Standing::InService => "healthy",
+                Standing::Ejected { .. } => "ejected",
+                Standing::ProbeDue | Standing::Probing => "probing",
             }
-
-            let head_result = tokio::select! {
-                biased;
-                result = response => Ok(result),
-                status = std::future::poll_fn(|cx| timers.poll_expired(cx)) => Err(status),
-            };
-            match head_result {
-                Ok(Ok(response)) => {
-                    guard.endpoint().observe_rtt(&self.clock, started.elapsed());
-                    return self.response(response, guard, timers);
-                }
-                Ok(Err(error)) => {
-                    let unprocessed = error.reason() == Some(h2::Reason::REFUSED_STREAM)
-                        || (error.is_go_away() && error.is_remote());
-                    if error.is_go_away() || error.is_io() {
-                        guard.slot().retire_connection();
-                    }
-                    let (status, outcome) =
-                        status_for_stream_error(&error, &guard.endpoint().target);
-                    if unprocessed {
-                        // The backend never processed it: safe to send elsewhere.
-                        guard.finish(Outcome::Neutral);
-                        tried.push(Arc::as_ptr(guard.endpoint()) as usize);
-                        if replay.as_ref().and_then(Replay::body).is_some() {
-                            last_failure = Some(status);
-                            continue;
-                        }
-                    } else {
-                        guard.finish(outcome);
-                    }
-                    return status.to_grpc_response();
-                }
-                Err(status) => {
-                    guard.finish(timers.deadline_outcome());
-                    return status.to_grpc_response();
-                }
-            }
+        };
+        let ejected_for = match standing {
+            Standing::Ejected { until_nanos } => Some(Duration::from_nanos(until_nanos - now).as_secs_f64()),
+            _ => None,
+        };
+        EndpointSnapshot {
+            target: e.target.to_string(),
+            state,
+            health: match e.health() {
+                Health::Unknown => "unknown",
+                Health::Healthy => "healthy",
+                Health::Unhealthy => "unhealthy",
+            },
+            in_flight: e.in_flight(),
+            calls,
+            failures,
+            rtt_ms: e.rtt_estimate(&self.clock).as_secs_f64() * 1000.0,
+            connections: e.pool.connection_loads(),
+            ejected_for_seconds: ejected_for,
+            ejection_reason: (standing != Standing::InService).then(|| e.outlier.reason()).flatten(),
+            times_ejected: e.outlier.times_ejected(),
+            total_ejections: e.outlier.total_ejections(),
+            last_error: e.pool.last_error(),
         }
-        last_failure
-            .unwrap_or_else(|| {
-                Status::new(
-                    Code::Unavailable,
-                    format!("upstream {} has no endpoint available", self.name),
-                )
-            })
-            .to_grpc_response()
     }
+}
 
-    fn pick(&self, tried: &[usize]) -> Option<Arc<Endpoint>> {
-        let endpoints = self.endpoints.load();
-        let now = self.clock.now_nanos();
-        let untried = |e: &Endpoint| !tried.contains(&(std::ptr::from_ref(e) as usize));
-        self.balancer
-            .pick(&endpoints, now, |e| untried(e) && !e.pool.in_backoff(now))
-            // Every endpoint is backing off after connect failures: try one anyway
-            // rather than fail without trying.
-            .or_else(|| self.balancer.pick(&endpoints, now, untried))
-            .cloned()
-    }
+fn humantime(d: Duration) -> String {
+    config::Duration(d).to_string()
+}
 
-    /// The HTTP/2 request head for the upstream: the client's method, path
-    /// and metadata, and what remains of the deadline as `grpc-timeout`.
-    fn request_head(
-        &self,
-        parts: &http::request::Parts,
-        endpoint: &Authority,
-        deadline: Option<Deadline>,
-    ) -> Request<()> {
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(
-            parts
-                .uri
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| endpoint.clone()),
-        );
-        uri.path_and_query = parts.uri.path_and_query().cloned();
-        let mut head = Request::new(());
-        *head.method_mut() = parts.method.clone();
-        *head.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
-        *head.version_mut() = Version::HTTP_2;
-        *head.headers_mut() = parts.headers.clone();
-        if let Some(deadline) = deadline {
-            let remaining = deadline.at.saturating_duration_since(Instant::now());
-            head.headers_mut().insert(
-                crate::grpc_timeout::GRPC_TIMEOUT,
-                crate::grpc_timeout::encode(remaining),
-            );
-        }
-        head
-    }
+/// A cluster as `/upstreams` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ClusterSnapshot {
+    /// The `upstreams` key.
+    pub name: String,
+    /// DNS discovery, when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoverySnapshot>,
+    /// Unary calls in flight (under `limits.max_requests`).
+    pub unary_in_flight: u32,
+    /// Streaming calls in flight (under `limits.max_streams`).
+    pub streams_in_flight: u32,
+    /// Calls waiting for a connection or stream slot.
+    pub pending: u32,
+    /// Calls refused at once, per limit.
+    pub overflows: Vec<(String, u64)>,
+    /// Retries made on `retry.on` codes.
+    pub retries: u64,
+    /// Retries not made because the retry budget was spent.
+    pub retries_refused_by_budget: u64,
+    /// Every endpoint, including ones draining after discovery removed them.
+    pub endpoints: Vec<EndpointSnapshot>,
+}
 
-    fn response(
-        &self,
-        response: http::Response<h2::RecvStream>,
-        mut guard: CallGuard,
-        timers: Timers,
-    ) -> Response<Body> {
-        let (parts, recv) = response.into_parts();
-        if parts.status != StatusCode::OK {
-            let code = Code::from_http_status(parts.status);
-            guard.finish(Outcome::of_code(code));
-            return Status::new(
-                code,
-                format!(
-                    "upstream {} answered HTTP {} instead of gRPC",
-                    guard.endpoint().target,
-                    parts.status
-                ),
-            )
-            .to_grpc_response();
-        }
-        let is_grpc = parts
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
-        if !is_grpc {
-            guard.finish(Outcome::Failure);
-            let content_type = parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .map_or("none".into(), |v| {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                });
-            return Status::new(
-                Code::Unknown,
-                format!(
-                    "upstream {} answered with content-type {content_type}, not gRPC",
-                    guard.endpoint().target
-                ),
-            )
-            .to_grpc_response();
-        }
-        let body = UpstreamBody::new(recv, timers, &parts.headers, guard);
-        Response::from_parts(parts, Body::upstream(body))
-    }
+/// DNS discovery as `/upstreams` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DiscoverySnapshot {
+    /// `host:port` resolved.
+    pub name: String,
+    /// How often.
+    pub refresh: String,
+    /// The last resolution problem, if the last resolution failed.
+    pub last_error: Option<String>,
 }
 
 /// An endpoint as `/upstreams` and the tests see it.
@@ -346,33 +364,37 @@ impl Cluster {
 pub struct EndpointSnapshot {
     /// `host:port`.
     pub target: String,
+    /// `healthy`, `ejected`, `probing`, `unhealthy` (health checks), `draining`, or `backing_off` (connects failing).
+    pub state: &'static str,
+    /// What active health checks concluded: `unknown` (none configured or none
+    /// finished yet), `healthy` or `unhealthy`.
+    pub health: &'static str,
     /// Calls in flight.
     pub in_flight: u32,
     /// Calls started since start-up.
     pub calls: u64,
     /// Calls that failed (counted against the endpoint).
     pub failures: u64,
-    /// Latency estimate.
-    #[serde(serialize_with = "serialize_duration_ms")]
-    pub rtt: Duration,
+    /// Peak-EWMA latency estimate, milliseconds.
+    pub rtt_ms: f64,
     /// Calls on each open connection.
     pub connections: Vec<u32>,
-    /// Connecting failed recently; the balancer avoids it for a while.
-    pub backing_off: bool,
+    /// Seconds until an ejection ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_seconds: Option<f64>,
+    /// Why it was ejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejection_reason: Option<String>,
+    /// The current ejection multiplier (decays while healthy).
+    pub times_ejected: u32,
+    /// Ejections since start-up.
+    pub total_ejections: u64,
     /// The last connect error.
     pub last_error: Option<String>,
 }
 
-fn serialize_duration_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1000.0)
-}
-
 /// Adds `x-forwarded-for` and `x-forwarded-proto` to a request's metadata.
-pub(crate) fn add_forwarded(
-    headers: &mut http::HeaderMap,
-    client: Option<&HeaderValue>,
-    proto: &'static str,
-) {
+pub(crate) fn add_forwarded(headers: &mut http::HeaderMap, client: Option<&HeaderValue>, proto: &'static str) {
     if let Some(client) = client {
         match headers.get(X_FORWARDED_FOR) {
             Some(existing) => {

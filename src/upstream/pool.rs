@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::clock::Clock;
+use super::limits::{Limits, Overflow};
 
 /// Pool and connection settings, from `upstreams.*.pool`, `http2` and `limits`.
 #[derive(Clone, Debug)]
@@ -74,6 +75,9 @@ pub(crate) enum PoolError {
     /// Every slot stayed busy for `pending_timeout` (or the call's deadline came first).
     #[error("no stream slot to {target} became free within {waited:?}")]
     PendingTimeout { target: Arc<str>, waited: Duration },
+    /// Too many calls were already waiting (`limits.max_pending`).
+    #[error("too many calls waiting for {target}")]
+    Overflow { target: Arc<str>, overflow: Overflow },
 }
 
 /// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
@@ -97,10 +101,12 @@ pub(crate) struct Pool {
     last_error: Mutex<Option<String>>,
     next_conn_id: AtomicU64,
     closed: AtomicBool,
+    /// Asks discovery to resolve again soon (connect failure, GOAWAY).
+    refresh: Option<Arc<Notify>>,
 }
 
 impl Pool {
-    pub(crate) fn new(target: Arc<str>, settings: Arc<PoolSettings>, clock: Clock) -> Arc<Self> {
+    pub(crate) fn new(target: Arc<str>, settings: Arc<PoolSettings>, clock: Clock, refresh: Option<Arc<Notify>>) -> Arc<Self> {
         Arc::new(Self {
             target,
             settings,
@@ -115,6 +121,7 @@ impl Pool {
             last_error: Mutex::new(None),
             next_conn_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            refresh,
         })
     }
 
@@ -151,10 +158,15 @@ impl Pool {
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         deadline: Option<Instant>,
+        limits: &Arc<Limits>,
     ) -> Result<Slot, PoolError> {
         if let Some(slot) = self.try_acquire() {
             return Ok(slot);
         }
+        let _waiting = limits.wait().map_err(|overflow| PoolError::Overflow {
+            target: self.target.clone(),
+            overflow,
+        })?;
         let failures_at_start = self.connect_failures.load(Ordering::Acquire);
         let started = Instant::now();
         let mut wait_until = started + self.settings.pending_timeout;
@@ -222,6 +234,7 @@ impl Pool {
         if conn.draining.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.ask_for_refresh();
         self.conns.rcu(|conns| {
             conns
                 .iter()
@@ -295,6 +308,13 @@ impl Pool {
             *last = Some(reason);
         }
         self.connect_failures.fetch_add(1, Ordering::Release);
+        self.ask_for_refresh();
+    }
+
+    fn ask_for_refresh(&self) {
+        if let Some(refresh) = &self.refresh {
+            refresh.notify_one();
+        }
     }
 
     fn forget(&self, conn: &Arc<Conn>) {

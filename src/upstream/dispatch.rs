@@ -1,0 +1,266 @@
+//! One call through a cluster: admission under the limits, picking an
+//! endpoint (a due probe first, then the balancer), taking a stream slot,
+//! sending, and waiting for the response headers under the deadline.
+//!
+//! Attempts are repeated on another endpoint when the call provably never
+//! reached a backend (connect failed, stream refused or above a GOAWAY's
+//! last stream id, connection closing), and — within the retry budget —
+//! when a backend answered trailers-only with a code in `retry.on`. Nothing
+//! is retried once a response byte is on its way to the client: the
+//! response is returned as soon as it has headers without a status.
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use tokio::time::Instant;
+
+use super::call::{Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error};
+use super::endpoint::Endpoint;
+use super::limits::{OVERLOADED_HEADER, Overflow};
+use super::pool::PoolError;
+use super::retry::{Pushback, pushback};
+use super::{CallOptions, Cluster, UpstreamBody};
+use crate::body::Body;
+use crate::status::{Code, Status};
+
+/// Most tries of one call when connecting fails or its stream is refused.
+const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
+
+impl Cluster {
+    /// Makes one call and returns the response as soon as its headers arrive
+    /// (the body streams on). Failures become gRPC trailers-only responses.
+    pub(crate) async fn call(&self, request: Request<Body>, options: CallOptions) -> Response<Body> {
+        let admitted = match self.limits.admit(options.streaming) {
+            Ok(admitted) => admitted,
+            Err(overflow) => return self.overloaded(overflow),
+        };
+        self.first_resolution().await;
+        let (parts, body) = request.into_parts();
+        let mut body = Some(body);
+        let mut replay: Option<Replay> = None;
+        // Endpoints this call already tried, by address (compared, never dereferenced).
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_failure = None;
+        let mut retries_made = 0u32;
+        let mut _retry_token = None;
+        let client_deadline = options.deadline.is_some_and(|d| d.from_client);
+        let mut timers = Timers::new(options.deadline, options.idle_timeout.map(|limit| (limit, Activity::new(self.clock))));
+        let pool_deadline = options.deadline.map(|d| d.at);
+        let mut admitted = Some(admitted);
+
+        for _attempt in 0..MAX_TRANSPARENT_ATTEMPTS + self.retries.max_attempts as usize {
+            let Some((endpoint, probe)) = self.pick(&tried) else { break };
+            endpoint.begin_call();
+            let slot = match endpoint.pool.acquire(pool_deadline, &self.limits).await {
+                Ok(slot) => slot,
+                Err(PoolError::Overflow { overflow, .. }) => {
+                    endpoint.end_call(Outcome::Neutral, probe);
+                    return self.overloaded(overflow);
+                }
+                Err(error) => {
+                    let outcome = match error {
+                        PoolError::Connect { .. } => Outcome::Failure,
+                        _ => Outcome::Neutral,
+                    };
+                    endpoint.end_call(outcome, probe);
+                    tried.push(Arc::as_ptr(&endpoint) as usize);
+                    last_failure = Some(Status::new(Code::Unavailable, error.to_string()));
+                    continue;
+                }
+            };
+            let mut guard = CallGuard::new(endpoint, slot, probe, client_deadline);
+            let Some(request_body) = body.take().or_else(|| replay.as_ref().and_then(Replay::body)) else {
+                break;
+            };
+            let end_of_stream = request_body.is_end_stream();
+            let head = self.request_head(&parts, &guard.endpoint().authority, options.deadline);
+            let (response, send) = match guard.slot().send_request(head, end_of_stream) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    // Nothing left us: the connection is going away. Try another.
+                    guard.slot().retire_connection();
+                    last_failure = Some(Status::new(
+                        Code::Unavailable,
+                        format!("upstream {} connection closing: {error}", guard.endpoint().target),
+                    ));
+                    body = Some(request_body);
+                    continue;
+                }
+            };
+            let started = Instant::now();
+            if end_of_stream {
+                drop(send);
+            } else {
+                let activity = timers.idle.as_ref().map(|(_, a)| a.clone());
+                let mut pump = RequestPump::new(request_body, send, Some(Replay::new(self.max_replay_buffer)), activity);
+                // Most unary requests are complete already: send them inline and
+                // keep them for a retry; only a body still arriving gets a task.
+                match std::future::poll_fn(|cx| std::task::Poll::Ready(pump.poll_pump(cx))).await {
+                    std::task::Poll::Ready(_) => replay = pump.replay.take(),
+                    std::task::Poll::Pending => {
+                        replay = None;
+                        tokio::spawn(pump.run());
+                    }
+                }
+            }
+
+            let head_result = tokio::select! {
+                biased;
+                result = response => Ok(result),
+                status = std::future::poll_fn(|cx| timers.poll_expired(cx)) => Err(status),
+            };
+            match head_result {
+                Ok(Ok(response)) => {
+                    guard.endpoint().observe_rtt(&self.clock, started.elapsed());
+                    // A trailers-only answer with a code the operator opted into:
+                    // nothing went to the client yet, so it may be retried.
+                    if let Some(status) = Status::from_headers(response.headers())
+                        && self.retries.retries_code(status.code)
+                        && retries_made + 1 < self.retries.max_attempts
+                        && replay.as_ref().and_then(Replay::body).is_some()
+                    {
+                        let wait = match pushback(response.headers()) {
+                            Pushback::Stop => None,
+                            Pushback::Wait(wait) => Some(wait),
+                            Pushback::None => Some(self.retries.backoff(retries_made + 1)),
+                        };
+                        let in_time = |wait| options.deadline.is_none_or(|d| Instant::now() + wait < d.at);
+                        let active = {
+                            let (unary, streams, _) = self.limits.in_flight();
+                            unary + streams
+                        };
+                        if let Some(wait) = wait.filter(|w| in_time(*w))
+                            && let Some(token) = self.retries.take_budget(active)
+                        {
+                            guard.finish_with(status.code);
+                            tried.push(Arc::as_ptr(guard.endpoint()) as usize);
+                            drop(guard);
+                            drop(response);
+                            _retry_token = Some(token);
+                            retries_made += 1;
+                            tracing::debug!(upstream = %self.name, code = %status.code, ?wait, "retrying");
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                    }
+                    guard.hold(admitted.take());
+                    return self.response(response, guard, timers);
+                }
+                Ok(Err(error)) => {
+                    let unprocessed = error.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        || (error.is_go_away() && error.is_remote());
+                    if error.is_go_away() || error.is_io() {
+                        guard.slot().retire_connection();
+                    }
+                    let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
+                    if unprocessed && replay.as_ref().and_then(Replay::body).is_some() {
+                        // The backend never processed it: safe to send elsewhere.
+                        guard.finish(Outcome::Neutral);
+                        tried.push(Arc::as_ptr(guard.endpoint()) as usize);
+                        last_failure = Some(status);
+                        continue;
+                    }
+                    guard.finish(if unprocessed { Outcome::Neutral } else { outcome });
+                    return status.to_grpc_response();
+                }
+                Err(status) => {
+                    guard.finish(timers.deadline_outcome());
+                    return status.to_grpc_response();
+                }
+            }
+        }
+        last_failure
+            .unwrap_or_else(|| Status::new(Code::Unavailable, format!("upstream {} has no endpoint available", self.name)))
+            .to_grpc_response()
+    }
+
+    /// The endpoint for the next attempt, and whether the call is its probe.
+    fn pick(&self, tried: &[usize]) -> Option<(Arc<Endpoint>, bool)> {
+        let endpoints = self.endpoints.load();
+        let now = self.clock.now_nanos();
+        let untried = |e: &Endpoint| !tried.contains(&(std::ptr::from_ref(e) as usize));
+        // An endpoint whose ejection ran out gets the next call as its probe.
+        if self.detector.any_ejected()
+            && let Some(probe) = endpoints.iter().find(|e| untried(e) && e.claim_probe(now))
+        {
+            return Some((probe.clone(), true));
+        }
+        self.balancer
+            .pick(&endpoints, now, |e| untried(e) && e.in_service(now) && !e.pool.in_backoff(now))
+            // Every endpoint is backing off after connect failures: try one
+            // anyway rather than fail without trying.
+            .or_else(|| self.balancer.pick(&endpoints, now, |e| untried(e) && e.in_service(now)))
+            .map(|e| (e.clone(), false))
+    }
+
+    /// The HTTP/2 request head for the upstream: the client's method, path
+    /// and metadata, and what remains of the deadline as `grpc-timeout`.
+    fn request_head(&self, parts: &http::request::Parts, endpoint: &http::uri::Authority, deadline: Option<super::Deadline>) -> Request<()> {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(self.scheme.clone());
+        uri.authority = Some(parts.uri.authority().cloned().unwrap_or_else(|| endpoint.clone()));
+        uri.path_and_query = parts.uri.path_and_query().cloned();
+        let mut head = Request::new(());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = Uri::from_parts(uri).unwrap_or_default();
+        *head.version_mut() = Version::HTTP_2;
+        *head.headers_mut() = parts.headers.clone();
+        if let Some(deadline) = deadline {
+            let remaining = deadline.at.saturating_duration_since(Instant::now());
+            head.headers_mut()
+                .insert(crate::grpc_timeout::GRPC_TIMEOUT, crate::grpc_timeout::encode(remaining));
+        }
+        head
+    }
+
+    fn response(&self, response: http::Response<h2::RecvStream>, mut guard: CallGuard, timers: Timers) -> Response<Body> {
+        let (parts, recv) = response.into_parts();
+        if parts.status != StatusCode::OK {
+            let code = Code::from_http_status(parts.status);
+            guard.finish_with(code);
+            return Status::new(
+                code,
+                format!("upstream {} answered HTTP {} instead of gRPC", guard.endpoint().target, parts.status),
+            )
+            .to_grpc_response();
+        }
+        let is_grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        if !is_grpc {
+            guard.finish(Outcome::Failure);
+            let content_type = parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            return Status::new(
+                Code::Unknown,
+                format!("upstream {} answered with content-type {content_type}, not gRPC", guard.endpoint().target),
+            )
+            .to_grpc_response();
+        }
+        let body = UpstreamBody::new(recv, timers, &parts.headers, guard);
+        Response::from_parts(parts, Body::upstream(body))
+    }
+
+    /// The answer when a limit is hit: UNAVAILABLE naming the limit.
+    fn overloaded(&self, overflow: Overflow) -> Response<Body> {
+        let status = Status::new(
+            Code::Unavailable,
+            format!(
+                "upstream {} overloaded: {} ({}) reached",
+                self.name,
+                overflow.as_str(),
+                self.limits.limit_of(overflow)
+            ),
+        );
+        let mut response = status.to_grpc_response();
+        response
+            .headers_mut()
+            .insert(OVERLOADED_HEADER, HeaderValue::from_static(overflow.as_str()));
+        response
+    }
+}
