@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::config::{Config, ConfigErrors};
 use crate::descriptors::{DescriptorError, Descriptors};
 use crate::routing::RouteTable;
+use crate::tls::PeerIdentity;
 use crate::upstream::{Cluster, Resolve, SystemResolver};
 
 /// Why a gateway could not be built.
@@ -41,6 +42,9 @@ pub struct ConnInfo {
     pub(crate) forwarded_for: Option<HeaderValue>,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub(crate) scheme: &'static str,
+    /// The client certificate's identity, when the listener verified one
+    /// against `tls.client_ca`.
+    pub client_identity: Option<Arc<PeerIdentity>>,
 }
 
 impl ConnInfo {
@@ -52,7 +56,14 @@ impl ConnInfo {
             remote,
             forwarded_for,
             scheme: if tls { "https" } else { "http" },
+            client_identity: None,
         }
+    }
+
+    /// The same, with the verified client identity of a TLS connection.
+    pub fn with_client_identity(mut self, identity: Option<PeerIdentity>) -> Self {
+        self.client_identity = identity.map(Arc::new);
+        self
     }
 }
 
@@ -82,7 +93,7 @@ impl Protocol {
     }
 }
 
-struct Inner {
+pub(crate) struct GatewayInner {
     config: Config,
     descriptors: Descriptors,
     clusters: HashMap<String, Arc<Cluster>>,
@@ -91,12 +102,34 @@ struct Inner {
     cors: Option<crate::cors::Policy>,
     /// Set while a listener is serving and not shutting down (`/readyz`).
     ready: std::sync::atomic::AtomicBool,
+    /// The built-in `grpc.health.v1` statuses.
+    health: tonic_health::server::HealthReporter,
+}
+
+impl GatewayInner {
+    /// Each service routed to a network upstream, and whether that upstream
+    /// has an endpoint in service now.
+    pub(crate) fn service_availability(&self) -> Vec<(String, bool)> {
+        let mut services: Vec<(String, bool)> = Vec::new();
+        for method in self.descriptors.registry().methods() {
+            let service = method.service();
+            if services.iter().any(|(s, _)| s == service) {
+                continue;
+            }
+            if let Some(target) = self.routes.resolve(&method.path)
+                && let crate::routing::Upstream::Cluster(cluster) = &target.upstream
+            {
+                services.push((service.to_string(), cluster.has_endpoint_in_service()));
+            }
+        }
+        services
+    }
 }
 
 /// A configured gateway; cheap to clone (all clones share one state).
 #[derive(Clone)]
 pub struct Gateway {
-    inner: Arc<Inner>,
+    inner: Arc<GatewayInner>,
 }
 
 impl Gateway {
@@ -129,6 +162,7 @@ impl Gateway {
     fn assemble(config: Config, descriptors: Descriptors, resolver: Arc<dyn Resolve>) -> Result<Self, BuildError> {
         config.validate()?;
         refuse_unbuilt_features(&config)?;
+        crate::tls::check_listener(&config)?;
         let mut clusters = HashMap::new();
         for (name, upstream) in &config.upstreams {
             let cluster = Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
@@ -142,7 +176,8 @@ impl Gateway {
                 cluster.start();
             }
         }
-        let routes = RouteTable::new(&config.routes, &clusters, descriptors.registry())
+        let builtins = crate::builtin::builtins(descriptors.pool()).map_err(BuildError::Other)?;
+        let routes = RouteTable::new(&config.routes, &clusters, &builtins.services, descriptors.registry())
             .map_err(BuildError::Other)?;
         let router =
             crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
@@ -154,8 +189,8 @@ impl Gateway {
             .as_ref()
             .map(crate::cors::Policy::new)
             .transpose()?;
-        Ok(Self {
-            inner: Arc::new(Inner {
+        let gateway = Self {
+            inner: Arc::new(GatewayInner {
                 config,
                 descriptors,
                 clusters,
@@ -163,8 +198,13 @@ impl Gateway {
                 rest,
                 cors,
                 ready: std::sync::atomic::AtomicBool::new(false),
+                health: builtins.health.clone(),
             }),
-        })
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(crate::builtin::track_services(Arc::downgrade(&gateway.inner), builtins.health));
+        }
+        Ok(gateway)
     }
 
     /// The configuration in effect.
@@ -188,6 +228,13 @@ impl Gateway {
 
     pub(crate) fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, std::sync::atomic::Ordering::Release);
+        let health = self.inner.health.clone();
+        let status = if ready {
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        tokio::spawn(async move { health.set_service_status("", status).await });
     }
 
     pub(crate) fn rest(&self) -> &crate::rest::RestFrontEnd {
@@ -209,7 +256,7 @@ impl Gateway {
             .into_iter()
             .map(|(path, target)| {
                 let kind = target.kind.map_or("unknown", |k| k.as_str());
-                (path.to_string(), target.cluster.name.to_string(), kind)
+                (path.to_string(), target.upstream.name(), kind)
             })
             .collect()
     }
@@ -302,9 +349,6 @@ fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
             format!("{what} is not available in this version of grpc-edge; remove this key"),
         ));
     };
-    if config.tls.is_some() {
-        refuse("tls".into(), "listener TLS");
-    }
     for (name, upstream) in &config.upstreams {
         if upstream.tls.is_some() {
             refuse(format!("upstreams.{name}.tls"), "upstream TLS");

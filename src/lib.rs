@@ -13,12 +13,14 @@
 //! - `passthrough`: the native gRPC front end.
 //! - `upstream`: clusters, balancing, connection pools, calls.
 //! - `server`: listeners, protocol detection, HTTP/2 and HTTP/1.1 serving, graceful shutdown.
+//! - `tls`: listener and upstream TLS, certificate loading, validation, rotation and expiry.
 //! - `status`, `grpc_timeout`, `body`: shared vocabulary.
 
 #![warn(missing_docs)]
 
 mod admin;
 mod body;
+mod builtin;
 pub mod config;
 mod cors;
 pub mod descriptors;
@@ -29,12 +31,14 @@ mod gateway;
 mod grpc_frame;
 mod grpc_timeout;
 mod grpc_web;
+mod local;
 mod passthrough;
 mod report;
 mod rest;
 mod routing;
 pub mod server;
 mod status;
+pub mod tls;
 mod transcode;
 mod upstream;
 

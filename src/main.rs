@@ -140,9 +140,19 @@ async fn serve(config: PathBuf) -> Result<(), String> {
 
 fn check(config: PathBuf) -> Result<(), String> {
     let gateway = load(&config)?;
+    let certificates = grpc_edge::tls::certificate_report(
+        gateway.config(),
+        grpc_edge::tls::DEFAULT_EXPIRY_WARNING,
+    );
+    if !certificates.errors.is_empty() {
+        return Err(certificates.errors.join("\nerror: "));
+    }
     println!("{}: OK", config.display());
     print_routes(&gateway);
-    for warning in grpc_edge::check_warnings(&gateway) {
+    for warning in grpc_edge::check_warnings(&gateway)
+        .into_iter()
+        .chain(certificates.warnings)
+    {
         println!("warning: {warning}");
     }
     Ok(())

@@ -38,7 +38,7 @@ pub(crate) async fn forward(
         conn.forwarded_for.as_ref(),
         conn.scheme,
     );
-    target.cluster.call(request, options).await
+    target.upstream.call(request, options).await
 }
 
 /// The deadline and idle timeout of a call: unary calls get the earlier of

@@ -12,7 +12,7 @@ pub fn route_lines(gateway: &Gateway) -> Vec<String> {
         gateway
             .routes()
             .resolve(path)
-            .map_or_else(|| "no route".to_string(), |t| t.cluster.name.to_string())
+            .map_or_else(|| "no route".to_string(), |t| t.upstream.name())
     };
     let mut rows: Vec<(String, String, String, String)> = gateway
         .rest()

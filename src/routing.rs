@@ -7,13 +7,42 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::{Request, Response};
+
+use crate::body::Body;
 use crate::config::{Route, RouteMatch};
 use crate::descriptors::{CallKind, Registry};
-use crate::upstream::Cluster;
+use crate::local::LocalService;
+use crate::upstream::{CallOptions, Cluster};
+
+/// What serves a route: a network cluster or an in-process service.
+#[derive(Clone)]
+pub(crate) enum Upstream {
+    Cluster(Arc<Cluster>),
+    Local(LocalService),
+}
+
+impl Upstream {
+    /// Makes the call.
+    pub(crate) async fn call(&self, request: Request<Body>, options: CallOptions) -> Response<Body> {
+        match self {
+            Upstream::Cluster(cluster) => cluster.call(request, options).await,
+            Upstream::Local(service) => service.call(request, options).await,
+        }
+    }
+
+    /// The upstream's name (`upstreams` key, or `in-process <service>`).
+    pub(crate) fn name(&self) -> String {
+        match self {
+            Upstream::Cluster(cluster) => cluster.name.to_string(),
+            Upstream::Local(service) => format!("in-process {}", service.name()),
+        }
+    }
+}
 
 /// Where and how calls to one method go.
 pub(crate) struct RouteTarget {
-    pub(crate) cluster: Arc<Cluster>,
+    pub(crate) upstream: Upstream,
     /// Overall limit for unary calls.
     pub(crate) timeout: Duration,
     /// Idle limit for streams.
@@ -33,26 +62,39 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Resolves every route; `clusters` must hold every upstream a route names.
+    /// In-process services take their own service's calls before any route,
+    /// unless a route names that service (or one of its methods) explicitly.
     pub(crate) fn new(
         routes: &[Route],
         clusters: &HashMap<String, Arc<Cluster>>,
+        locals: &[LocalService],
         registry: &Registry,
     ) -> Result<Self, String> {
-        let mut ordered = Vec::with_capacity(routes.len());
+        let mut ordered = Vec::with_capacity(routes.len() + locals.len());
+        let named_by_a_route = |service: &str| {
+            routes.iter().any(|r| match RouteMatch::parse(&r.matches) {
+                Ok(RouteMatch::Service(s)) | Ok(RouteMatch::Method { service: s, .. }) => s == service,
+                _ => false,
+            })
+        };
+        for local in locals.iter().filter(|l| !named_by_a_route(l.name())) {
+            let target = RouteTarget {
+                upstream: Upstream::Local(local.clone()),
+                timeout: std::time::Duration::from_secs(15),
+                stream_idle_timeout: std::time::Duration::from_secs(300),
+                kind: None,
+                route: usize::MAX,
+            };
+            ordered.push((RouteMatch::Service(local.name().to_string()), Arc::new(target)));
+        }
         for (i, route) in routes.iter().enumerate() {
-            let matcher =
-                RouteMatch::parse(&route.matches).map_err(|e| format!("routes[{i}].match: {e}"))?;
+            let matcher = RouteMatch::parse(&route.matches).map_err(|e| format!("routes[{i}].match: {e}"))?;
             let cluster = clusters
                 .get(&route.upstream)
-                .ok_or_else(|| {
-                    format!(
-                        "routes[{i}].upstream: no upstream named \"{}\"",
-                        route.upstream
-                    )
-                })?
+                .ok_or_else(|| format!("routes[{i}].upstream: no upstream named \"{}\"", route.upstream))?
                 .clone();
             let target = RouteTarget {
-                cluster,
+                upstream: Upstream::Cluster(cluster),
                 timeout: route.timeout.get(),
                 stream_idle_timeout: route.stream_idle_timeout.get(),
                 kind: None,
@@ -62,12 +104,9 @@ impl RouteTable {
         }
         let mut known = HashMap::new();
         for method in registry.methods() {
-            if let Some((_, target)) = ordered
-                .iter()
-                .find(|(m, _)| m.matches(method.service(), method.method()))
-            {
+            if let Some((_, target)) = ordered.iter().find(|(m, _)| m.matches(method.service(), method.method())) {
                 let resolved = RouteTarget {
-                    cluster: target.cluster.clone(),
+                    upstream: target.upstream.clone(),
                     timeout: target.timeout,
                     stream_idle_timeout: target.stream_idle_timeout,
                     kind: Some(method.kind),

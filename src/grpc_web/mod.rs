@@ -196,7 +196,7 @@ pub(crate) async fn handle(
     let limit = gateway.config().transcoding.max_request_body.as_usize();
     let body = Body::new(RequestBody::new(body, encoding, limit, fault.clone()));
     let response = target
-        .cluster
+        .upstream
         .call(Request::from_parts(parts, body), options)
         .await;
     into_web(response, answer, fault)

@@ -143,7 +143,7 @@ pub(crate) async fn handle(
         }
     };
     *upstream_request.headers_mut() = headers;
-    let upstream_response = target.cluster.call(upstream_request, options).await;
+    let upstream_response = target.upstream.call(upstream_request, options).await;
 
     if method.descriptor.is_server_streaming() {
         let format = stream::format_for(&parts.headers, rest.default_stream_format);

@@ -1,8 +1,9 @@
 //! Listeners: accepts connections on the one port, tells HTTP/2 (prior
-//! knowledge, the client preface) from HTTP/1.1 by the first bytes, serves
-//! each with the right protocol, and shuts down gracefully — stop accepting,
-//! send GOAWAY / finish the request in progress, wait for in-flight calls up
-//! to a deadline, then return.
+//! knowledge, the client preface) from HTTP/1.1 by the first bytes — or, with
+//! `tls` configured, terminates TLS and goes by ALPN — serves each with the
+//! right protocol, and shuts down gracefully — stop accepting, send GOAWAY /
+//! finish the request in progress, wait for in-flight calls up to a deadline,
+//! then return.
 
 mod h1;
 mod h2;
@@ -15,11 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::gateway::{ConnInfo, Gateway};
+use crate::tls::{Negotiated, ReloadOptions, ServerTls};
 
 /// The HTTP/2 client connection preface.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -37,7 +39,8 @@ pub struct Limits {
     pub max_header_list_size: u32,
     /// Bytes buffered per stream for a slow client before writes wait.
     pub max_send_buffer: usize,
-    /// Time allowed for a new connection to send its first request headers.
+    /// Time allowed for a new connection to finish its TLS handshake, and
+    /// again to send its first request headers.
     pub handshake_timeout: Duration,
 }
 
@@ -61,6 +64,11 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// How long a shutdown waits for calls in flight before returning.
     pub drain_timeout: Duration,
+    /// How the listener's certificate files are watched, when `tls` is set.
+    pub tls_reload: ReloadOptions,
+    /// A listener TLS built by the caller (who keeps a clone to read its
+    /// status); `None` builds one from the gateway's `tls` configuration.
+    pub listener_tls: Option<ServerTls>,
 }
 
 impl Default for ServeOptions {
@@ -68,6 +76,8 @@ impl Default for ServeOptions {
         Self {
             limits: Limits::default(),
             drain_timeout: Duration::from_secs(30),
+            tls_reload: ReloadOptions::default(),
+            listener_tls: None,
         }
     }
 }
@@ -99,12 +109,27 @@ impl Drop for TrackerGuard {
 /// Serves `gateway` on `listener` until `shutdown` completes, then drains:
 /// the listener closes at once (new connections are refused), HTTP/2 clients
 /// get GOAWAY, and calls in flight have `drain_timeout` to finish.
+///
+/// With `tls` in the gateway's configuration (or `options.listener_tls`)
+/// every connection is TLS; certificate changes on disk apply to new
+/// connections. If the certificate files cannot be loaded, nothing is served
+/// (never plaintext instead): the error is logged and this returns at once.
 pub async fn serve(
     gateway: Gateway,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     options: ServeOptions,
 ) {
+    let tls = match listener_tls(&gateway, &options) {
+        Ok(tls) => tls,
+        Err(error) => {
+            tracing::error!(%error, "listener TLS cannot be loaded; not serving");
+            return;
+        }
+    };
+    if let Some(tls) = &tls {
+        tls.start_reloading();
+    }
     let limits = Arc::new(options.limits);
     let tracker = Arc::new(Tracker::default());
     let (stop, stopped) = watch::channel(false);
@@ -119,8 +144,12 @@ pub async fn serve(
                     let gateway = gateway.clone();
                     let limits = limits.clone();
                     let stopped = stopped.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        serve_connection(tcp, remote, gateway, limits, stopped).await;
+                        match tls {
+                            Some(tls) => serve_tls_connection(tcp, remote, tls, gateway, limits, stopped).await,
+                            None => serve_connection(tcp, remote, gateway, limits, stopped).await,
+                        }
                         drop(guard);
                     });
                 }
@@ -153,9 +182,25 @@ pub async fn serve(
     gateway.close_upstreams();
 }
 
-/// Sniffs the protocol and serves one connection.
+/// The listener's TLS: the caller's, or built from the configuration.
+fn listener_tls(
+    gateway: &Gateway,
+    options: &ServeOptions,
+) -> Result<Option<ServerTls>, crate::tls::LoadError> {
+    if let Some(tls) = &options.listener_tls {
+        return Ok(Some(tls.clone()));
+    }
+    gateway
+        .config()
+        .tls
+        .as_ref()
+        .map(|config| ServerTls::new(config, options.tls_reload.clone()))
+        .transpose()
+}
+
+/// Serves one plaintext connection, sniffing the protocol.
 async fn serve_connection(
-    mut tcp: TcpStream,
+    tcp: TcpStream,
     remote: SocketAddr,
     gateway: Gateway,
     limits: Arc<Limits>,
@@ -164,11 +209,56 @@ async fn serve_connection(
     // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
     let info = Arc::new(ConnInfo::new(Some(remote), false));
+    serve_sniffed(tcp, gateway, info, limits, stopped).await;
+}
+
+/// Terminates TLS, then serves the protocol chosen over ALPN (or sniffed,
+/// when the client offered none).
+async fn serve_tls_connection(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: ServerTls,
+    gateway: Gateway,
+    limits: Arc<Limits>,
+    stopped: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let accepted = match tokio::time::timeout(limits.handshake_timeout, tls.accept(tcp)).await {
+        Ok(Ok(accepted)) => accepted,
+        Ok(Err(e)) => {
+            let error = crate::tls::describe_server_side(&e);
+            tracing::debug!(%remote, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "TLS handshake timed out");
+            return;
+        }
+    };
+    let info = Arc::new(ConnInfo::new(Some(remote), true).with_client_identity(accepted.peer));
+    match accepted.protocol {
+        Negotiated::Http2 => h2::serve(accepted.stream, gateway, info, limits, stopped).await,
+        Negotiated::Http1 => h1::serve(accepted.stream, gateway, info, limits, stopped).await,
+        Negotiated::Unknown => serve_sniffed(accepted.stream, gateway, info, limits, stopped).await,
+    }
+}
+
+/// Tells HTTP/2 (the client preface) from HTTP/1.1 by the first bytes and
+/// serves the connection with that protocol.
+async fn serve_sniffed<IO>(
+    mut io: IO,
+    gateway: Gateway,
+    info: Arc<ConnInfo>,
+    limits: Arc<Limits>,
+    stopped: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut first = [0u8; H2_PREFACE.len()];
     let mut filled = 0;
     let sniff = async {
         loop {
-            let n = tcp.read(&mut first[filled..]).await?;
+            let n = io.read(&mut first[filled..]).await?;
             if n == 0 {
                 return Ok::<_, std::io::Error>(None);
             }
@@ -185,7 +275,7 @@ async fn serve_connection(
         Ok(Ok(Some(is_h2))) => is_h2,
         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
     };
-    let io = io::Prefixed::new(Bytes::copy_from_slice(&first[..filled]), tcp);
+    let io = io::Prefixed::new(Bytes::copy_from_slice(&first[..filled]), io);
     if is_h2 {
         h2::serve(io, gateway, info, limits, stopped).await;
     } else {

@@ -26,6 +26,8 @@ mod error;
 mod load;
 mod reload;
 mod server;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 use std::time::Duration;

@@ -334,6 +334,6 @@ mod tests {
             Path::new("/etc/tls/tls.key"),
             Path::new("ca.pem"),
         ]);
-        assert_eq!(dirs, vec![PathBuf::from("."), PathBuf::from("/etc/tls")]);
+        assert_eq!(dirs, vec![PathBuf::from("/etc/tls"), PathBuf::from(".")]);
     }
 }

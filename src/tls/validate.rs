@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
 
 use super::cert_info::{CertInfo, rfc3339, unix_now};

@@ -247,6 +247,12 @@ impl Cluster {
         }
     }
 
+    /// Whether some endpoint takes traffic now (for per-service health).
+    pub(crate) fn has_endpoint_in_service(&self) -> bool {
+        let now = self.clock.now_nanos();
+        self.endpoints.load().iter().any(|e| e.in_service(now))
+    }
+
     /// Stops every pool: connections close as their calls finish.
     pub(crate) fn close(&self) {
         for endpoint in self.endpoints.load().iter() {

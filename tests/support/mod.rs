@@ -8,6 +8,7 @@ pub mod pb {
     include!("generated/testing.v1.rs");
 }
 
+pub mod certs;
 pub mod grpc_web_client;
 pub mod raw_backend;
 pub mod rest_client;
