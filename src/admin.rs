@@ -30,7 +30,11 @@ use crate::gateway::Gateway;
 use crate::upstream::ClusterSnapshot;
 
 /// Serves the admin endpoints until `stopped` turns true.
-pub(crate) async fn serve(gateway: Gateway, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -58,9 +62,15 @@ pub(crate) async fn serve(gateway: Gateway, listener: TcpListener, mut stopped: 
 
 fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
     if request.method() != Method::GET {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "the admin endpoints answer GET only\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "the admin endpoints answer GET only\n".into(),
+        );
     }
-    let wants_json = request.uri().query().is_some_and(|q| q.split('&').any(|p| p == "format=json"))
+    let wants_json = request
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "format=json"))
         || request
             .headers()
             .get(ACCEPT)
@@ -71,7 +81,10 @@ fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
         "/readyz" if gateway.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/config" => json(&gateway.config()),
-        "/routes" => text(StatusCode::OK, crate::report::route_lines(gateway).join("\n") + "\n"),
+        "/routes" => text(
+            StatusCode::OK,
+            crate::report::route_lines(gateway).join("\n") + "\n",
+        ),
         "/upstreams" if wants_json => json(&gateway.upstream_snapshot()),
         "/upstreams" => text(StatusCode::OK, upstreams_text(&gateway.upstream_snapshot())),
         _ => text(
@@ -84,9 +97,10 @@ fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -100,7 +114,10 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Body> {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render: {e}\n")),
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render: {e}\n"),
+        ),
     }
 }
 
@@ -121,7 +138,11 @@ pub(crate) fn upstreams_text(clusters: &[ClusterSnapshot]) -> String {
             cluster.unary_in_flight,
             cluster.streams_in_flight,
             cluster.pending,
-            if overflows.is_empty() { "none".to_string() } else { overflows.join(", ") },
+            if overflows.is_empty() {
+                "none".to_string()
+            } else {
+                overflows.join(", ")
+            },
             cluster.retries,
             cluster.retries_refused_by_budget,
         );
@@ -131,13 +152,17 @@ pub(crate) fn upstreams_text(clusters: &[ClusterSnapshot]) -> String {
                 "  dns {} every {}{}",
                 discovery.name,
                 discovery.refresh,
-                discovery.last_error.as_deref().map(|e| format!(" — last error: {e}")).unwrap_or_default()
+                discovery
+                    .last_error
+                    .as_deref()
+                    .map(|e| format!(" — last error: {e}"))
+                    .unwrap_or_default()
             );
         }
         let _ = writeln!(
             out,
-            "  {:<24} {:<12} {:<9} {:>8} {:>9} {:>10} {:>10}  {}",
-            "ENDPOINT", "STATE", "HEALTH", "IN-FLIGHT", "RTT ms", "CALLS", "FAILURES", "CONNECTIONS (streams) / EJECTIONS / LAST ERROR"
+            "  {:<24} {:<12} {:<9} {:>8} {:>9} {:>10} {:>10}  CONNECTIONS (streams) / EJECTIONS / LAST ERROR",
+            "ENDPOINT", "STATE", "HEALTH", "IN-FLIGHT", "RTT ms", "CALLS", "FAILURES"
         );
         for e in &cluster.endpoints {
             let mut state = e.state.to_string();
@@ -147,7 +172,11 @@ pub(crate) fn upstreams_text(clusters: &[ClusterSnapshot]) -> String {
             let mut notes = format!(
                 "{} ({}) / {} now, {} total",
                 e.connections.len(),
-                e.connections.iter().map(ToString::to_string).collect::<Vec<_>>().join(" "),
+                e.connections
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
                 e.times_ejected,
                 e.total_ejections
             );

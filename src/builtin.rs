@@ -51,13 +51,22 @@ pub(crate) fn builtins(pool: &DescriptorPool) -> Result<Builtins, String> {
 
 /// Keeps per-service health in step with upstream endpoints, every second,
 /// until the gateway is dropped.
-pub(crate) async fn track_services(gateway: Weak<crate::gateway::GatewayInner>, health: HealthReporter) {
+pub(crate) async fn track_services(
+    gateway: Weak<crate::gateway::GatewayInner>,
+    health: HealthReporter,
+) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
-        let Some(inner) = gateway.upgrade() else { return };
+        let Some(inner) = gateway.upgrade() else {
+            return;
+        };
         for (service, available) in inner.service_availability() {
-            let status = if available { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if available {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             health.set_service_status(service, status).await;
         }
     }

@@ -150,7 +150,10 @@ impl Gateway {
     /// Builds a gateway from a configuration and descriptors loaded elsewhere
     /// (the configuration's own `descriptors` list is not read).
     pub fn with_descriptors(config: Config, descriptors: Descriptors) -> Result<Self, BuildError> {
-        Self::builder().config(config).descriptors(descriptors).build()
+        Self::builder()
+            .config(config)
+            .descriptors(descriptors)
+            .build()
     }
 
     /// A builder, for what a configuration file cannot say (a DNS resolver,
@@ -159,13 +162,18 @@ impl Gateway {
         GatewayBuilder::default()
     }
 
-    fn assemble(config: Config, descriptors: Descriptors, resolver: Arc<dyn Resolve>) -> Result<Self, BuildError> {
+    fn assemble(
+        config: Config,
+        descriptors: Descriptors,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, BuildError> {
         config.validate()?;
         refuse_unbuilt_features(&config)?;
         crate::tls::check_listener(&config)?;
         let mut clusters = HashMap::new();
         for (name, upstream) in &config.upstreams {
-            let cluster = Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
+            let cluster =
+                Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
             clusters.insert(name.clone(), cluster);
         }
         // Background work (outlier evaluation, health checks, DNS) needs a
@@ -177,8 +185,13 @@ impl Gateway {
             }
         }
         let builtins = crate::builtin::builtins(descriptors.pool()).map_err(BuildError::Other)?;
-        let routes = RouteTable::new(&config.routes, &clusters, &builtins.services, descriptors.registry())
-            .map_err(BuildError::Other)?;
+        let routes = RouteTable::new(
+            &config.routes,
+            &clusters,
+            &builtins.services,
+            descriptors.registry(),
+        )
+        .map_err(BuildError::Other)?;
         let router =
             crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
                 .map_err(BuildError::Other)?;
@@ -202,7 +215,10 @@ impl Gateway {
             }),
         };
         if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(crate::builtin::track_services(Arc::downgrade(&gateway.inner), builtins.health));
+            tokio::spawn(crate::builtin::track_services(
+                Arc::downgrade(&gateway.inner),
+                builtins.health,
+            ));
         }
         Ok(gateway)
     }
@@ -227,7 +243,9 @@ impl Gateway {
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {
-        self.inner.ready.store(ready, std::sync::atomic::Ordering::Release);
+        self.inner
+            .ready
+            .store(ready, std::sync::atomic::Ordering::Release);
         let health = self.inner.health.clone();
         let status = if ready {
             tonic_health::ServingStatus::Serving
@@ -243,7 +261,12 @@ impl Gateway {
 
     /// Each upstream as the gateway sees it now, sorted by name.
     pub fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
-        let mut all: Vec<_> = self.inner.clusters.values().map(|cluster| cluster.snapshot()).collect();
+        let mut all: Vec<_> = self
+            .inner
+            .clusters
+            .values()
+            .map(|cluster| cluster.snapshot())
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -31,14 +31,20 @@ impl LocalService {
     /// Wraps a tonic server (or any tower service speaking gRPC over HTTP) named `name`.
     pub(crate) fn new<S, B>(name: &str, service: S) -> Self
     where
-        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Future: Send + 'static,
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         Self {
             name: Arc::from(name),
-            service: BoxCloneSyncService::new(service.map_response(|response| response.map(Body::new))),
+            service: BoxCloneSyncService::new(
+                service.map_response(|response| response.map(Body::new)),
+            ),
         }
     }
 
@@ -48,20 +54,29 @@ impl LocalService {
     }
 
     /// Calls the service, under the call's deadline (which it also receives as `grpc-timeout`).
-    pub(crate) async fn call(&self, mut request: Request<Body>, options: CallOptions) -> Response<Body> {
+    pub(crate) async fn call(
+        &self,
+        mut request: Request<Body>,
+        options: CallOptions,
+    ) -> Response<Body> {
         let deadline = options.deadline.map(|d| d.at);
         if let Some(at) = deadline {
             let remaining = at.saturating_duration_since(tokio::time::Instant::now());
-            request
-                .headers_mut()
-                .insert(crate::grpc_timeout::GRPC_TIMEOUT, crate::grpc_timeout::encode(remaining));
+            request.headers_mut().insert(
+                crate::grpc_timeout::GRPC_TIMEOUT,
+                crate::grpc_timeout::encode(remaining),
+            );
         }
         let call = self.service.clone().oneshot(request);
         let result = match deadline {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Status::new(Code::DeadlineExceeded, "deadline exceeded (in-process service)").to_grpc_response();
+                    return Status::new(
+                        Code::DeadlineExceeded,
+                        "deadline exceeded (in-process service)",
+                    )
+                    .to_grpc_response();
                 }
             },
             None => call.await,

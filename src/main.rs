@@ -129,7 +129,13 @@ async fn serve(config: PathBuf) -> Result<(), String> {
     };
     let methods = gateway.descriptors().registry().len();
     tracing::info!(addr = %listener.local_addr().unwrap_or(listen), methods, "grpc-edge listening");
-    grpc_edge::serve(gateway, listener, shutdown_signal(), ServeOptions::default()).await;
+    grpc_edge::serve(
+        gateway,
+        listener,
+        shutdown_signal(),
+        ServeOptions::default(),
+    )
+    .await;
     if let Some((stop, task)) = admin {
         let _ = stop.send(());
         let _ = task.await;

@@ -286,7 +286,11 @@ async fn serve_sniffed<IO>(
 /// Serves the admin endpoints (`/healthz`, `/readyz`, `/upstreams`, `/config`,
 /// `/routes`) on `listener` until `shutdown` completes. Run it beside
 /// [`serve`], and stop it after `serve` returns so `/readyz` reports the drain.
-pub async fn serve_admin(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) {
     let (stop, stopped) = watch::channel(false);
     let admin = tokio::spawn(crate::admin::serve(gateway, listener, stopped));
     shutdown.await;

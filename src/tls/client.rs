@@ -106,7 +106,11 @@ impl ClientTls {
 
     /// Runs the TLS handshake on a connected socket to an endpoint whose
     /// host is `host` (a DNS name or an IP; IPv6 may be in brackets).
-    pub async fn connect(&self, tcp: TcpStream, host: &str) -> Result<TlsStream<TcpStream>, TlsError> {
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        host: &str,
+    ) -> Result<TlsStream<TcpStream>, TlsError> {
         self.connect_with_generation(tcp, host)
             .await
             .map(|(stream, _)| stream)

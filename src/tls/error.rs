@@ -129,7 +129,10 @@ pub enum TlsError {
     #[error("invalid TLS server name {0:?}")]
     InvalidServerName(String),
     /// The server's certificate is for other names.
-    #[error("certificate name mismatch: expected {expected}{}", presented_names(presented))]
+    #[error(
+        "certificate name mismatch: expected {expected}{}",
+        presented_names(presented)
+    )]
     NameMismatch {
         /// The name we verified against (`server_name`, or the endpoint host).
         expected: String,
@@ -158,7 +161,9 @@ pub enum TlsError {
     #[error("the server aborted the handshake: {0}")]
     AlertReceived(String),
     /// The peer closed the connection mid-handshake (often: it does not speak TLS on this port).
-    #[error("the connection closed during the TLS handshake (does the server speak TLS on this port?)")]
+    #[error(
+        "the connection closed during the TLS handshake (does the server speak TLS on this port?)"
+    )]
     ClosedDuringHandshake,
     /// Another TLS protocol failure.
     #[error("TLS handshake failed: {0}")]
@@ -189,7 +194,10 @@ impl TlsError {
     /// Classifies an error from a client handshake (tokio-rustls wraps
     /// rustls errors in `io::Error`).
     pub(crate) fn from_client_io(error: io::Error, auth: ClientAuthState) -> Self {
-        match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+        match error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+        {
             Some(tls) => Self::from_client_rustls(tls, auth),
             None if error.kind() == io::ErrorKind::UnexpectedEof => {
                 if auth.asked && !auth.sent {
@@ -274,7 +282,10 @@ impl TlsError {
 /// Describes a failed listener handshake for the debug log: what the client
 /// did wrong, in words.
 pub(crate) fn describe_server_side(error: &io::Error) -> String {
-    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
+    let Some(tls) = error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    else {
         return error.to_string();
     };
     match tls {

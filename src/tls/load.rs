@@ -74,10 +74,7 @@ pub(crate) struct Contents {
 impl Contents {
     pub(crate) fn read(sources: &Sources) -> Result<Self, LoadError> {
         let (cert, key) = match &sources.pair {
-            Some((cert, key)) => (
-                Some(read_file("cert", cert)?),
-                Some(read_file("key", key)?),
-            ),
+            Some((cert, key)) => (Some(read_file("cert", cert)?), Some(read_file("key", key)?)),
             None => (None, None),
         };
         let ca = match &sources.ca {
@@ -194,10 +191,9 @@ fn pem_problem(error: &pem::Error) -> Problem {
             "the file ends inside a block, before its \"{}\" line (truncated?)",
             String::from_utf8_lossy(end_marker).trim()
         ),
-        pem::Error::IllegalSectionStart { line } => format!(
-            "bad BEGIN line {:?}",
-            String::from_utf8_lossy(line).trim()
-        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("bad BEGIN line {:?}", String::from_utf8_lossy(line).trim())
+        }
         pem::Error::Base64Decode(e) => format!("bad base64 inside a block (truncated?): {e}"),
         other => other.to_string(),
     })
@@ -209,8 +205,8 @@ mod tests {
 
     #[test]
     fn an_empty_file_has_no_certificate() {
-        let e = parse_certs("cert", Path::new("/x/c.pem"), b"", CertRole::ListenerCert)
-            .unwrap_err();
+        let e =
+            parse_certs("cert", Path::new("/x/c.pem"), b"", CertRole::ListenerCert).unwrap_err();
         assert_eq!(e.problem, Problem::NoCertificate);
         let e = parse_ca("ca", Path::new("/x/ca.pem"), b"hello", CertRole::UpstreamCa).unwrap_err();
         assert_eq!(e.problem, Problem::NoCaCertificates);
@@ -229,13 +225,18 @@ mod tests {
 
     #[test]
     fn keys_are_told_apart() {
-        let encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let encrypted =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         assert_eq!(
-            parse_key(Path::new("k"), encrypted).err().map(|e| e.problem),
+            parse_key(Path::new("k"), encrypted)
+                .err()
+                .map(|e| e.problem),
             Some(Problem::EncryptedKey)
         );
         assert_eq!(
-            parse_key(Path::new("k"), b"nothing here").err().map(|e| e.problem),
+            parse_key(Path::new("k"), b"nothing here")
+                .err()
+                .map(|e| e.problem),
             Some(Problem::NoPrivateKey)
         );
         let dsa = b"-----BEGIN DSA PRIVATE KEY-----\nAAAA\n-----END DSA PRIVATE KEY-----\n";
@@ -254,6 +255,9 @@ mod tests {
     fn an_unreadable_file_says_why() {
         let e = read_file("cert", Path::new("/nonexistent/grpc-edge/c.pem")).unwrap_err();
         assert!(matches!(e.problem, Problem::Unreadable(_)));
-        assert!(e.to_string().starts_with("/nonexistent/grpc-edge/c.pem: cannot read the file"));
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/grpc-edge/c.pem: cannot read the file")
+        );
     }
 }

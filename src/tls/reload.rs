@@ -150,7 +150,9 @@ impl<T: Send + Sync + 'static> Reloader<T> {
             Ok((fingerprint, Some((material, built)))) => {
                 *last_failed = None;
                 let generation = current.generation + 1;
-                let leaf = material.leaf().map(|l| (l.serial.clone(), l.not_after_rfc3339.clone()));
+                let leaf = material
+                    .leaf()
+                    .map(|l| (l.serial.clone(), l.not_after_rfc3339.clone()));
                 self.current.store(Arc::new(Snapshot {
                     built,
                     material,
@@ -160,9 +162,13 @@ impl<T: Send + Sync + 'static> Reloader<T> {
                 self.generation.send_replace(generation);
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 match leaf {
-                    Some((serial, not_after)) => tracing::info!(tls = %self.name, generation, %serial, %not_after,
-                        "TLS certificates reloaded; new handshakes use them"),
-                    None => tracing::info!(tls = %self.name, generation, "TLS trust roots reloaded"),
+                    Some((serial, not_after)) => {
+                        tracing::info!(tls = %self.name, generation, %serial, %not_after,
+                        "TLS certificates reloaded; new handshakes use them")
+                    }
+                    None => {
+                        tracing::info!(tls = %self.name, generation, "TLS trust roots reloaded")
+                    }
                 }
                 self.warn_expiring();
                 Ok(true)

@@ -147,7 +147,11 @@ impl ResolvesServerCert for SingleCert {
 
 fn build(sources: &Sources, material: &Material) -> Result<Arc<ServerConfig>, LoadError> {
     let provider = load::provider();
-    let cert_path = sources.pair.as_ref().map(|(cert, _)| cert.clone()).unwrap_or_default();
+    let cert_path = sources
+        .pair
+        .as_ref()
+        .map(|(cert, _)| cert.clone())
+        .unwrap_or_default();
     let unusable = |reason: String| LoadError::new("cert", &cert_path, Problem::Unusable(reason));
     let Some(key) = material.key.clone() else {
         return Err(unusable("the listener needs a certificate and key".into()));

@@ -171,10 +171,12 @@ fn verify_chain(
             .map_err(|e| e.to_string())
         }
         Usage::Client => {
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
-                    .build()
-                    .map_err(|e| e.to_string())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                roots.clone(),
+                provider,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
             verifier
                 .verify_client_cert(leaf, intermediates, now)
                 .map(|_| ())

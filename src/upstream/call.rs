@@ -63,7 +63,12 @@ pub(crate) struct CallGuard {
 }
 
 impl CallGuard {
-    pub(crate) fn new(endpoint: Arc<Endpoint>, slot: Slot, probe: bool, client_deadline: bool) -> Self {
+    pub(crate) fn new(
+        endpoint: Arc<Endpoint>,
+        slot: Slot,
+        probe: bool,
+        client_deadline: bool,
+    ) -> Self {
         Self {
             endpoint,
             slot,

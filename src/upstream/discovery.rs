@@ -24,7 +24,11 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// Resolves a host name to addresses.
 pub trait Resolve: Send + Sync + 'static {
     /// Every address of `host`, with `port`.
-    fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 }
 
 /// The system resolver (getaddrinfo, through tokio).
@@ -32,7 +36,11 @@ pub trait Resolve: Send + Sync + 'static {
 pub struct SystemResolver;
 
 impl Resolve for SystemResolver {
-    fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
         let target = format!("{host}:{port}");
         Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
     }
@@ -46,11 +54,20 @@ pub(crate) fn split_host_port(text: &str) -> Option<(String, u16)> {
 }
 
 /// Resolves `host:port` for `cluster` until the cluster is dropped.
-pub(crate) async fn run(cluster: Weak<Cluster>, host: String, port: u16, every: Duration, resolver: Arc<dyn Resolve>, refresh: Arc<Notify>) {
+pub(crate) async fn run(
+    cluster: Weak<Cluster>,
+    host: String,
+    port: u16,
+    every: Duration,
+    resolver: Arc<dyn Resolve>,
+    refresh: Arc<Notify>,
+) {
     loop {
         let last = tokio::time::Instant::now();
         let answer = resolver.resolve(&host, port).await;
-        let Some(strong) = cluster.upgrade() else { return };
+        let Some(strong) = cluster.upgrade() else {
+            return;
+        };
         match answer {
             Ok(mut addresses) if !addresses.is_empty() => {
                 addresses.sort();
@@ -58,10 +75,14 @@ pub(crate) async fn run(cluster: Weak<Cluster>, host: String, port: u16, every: 
                 strong.set_endpoints(&addresses);
             }
             Ok(_) => {
-                strong.discovery_failed(format!("{host} resolved to no address; keeping the last good set"));
+                strong.discovery_failed(format!(
+                    "{host} resolved to no address; keeping the last good set"
+                ));
             }
             Err(error) => {
-                strong.discovery_failed(format!("resolving {host} failed: {error}; keeping the last good set"));
+                strong.discovery_failed(format!(
+                    "resolving {host} failed: {error}; keeping the last good set"
+                ));
             }
         }
         drop(strong);

@@ -15,7 +15,9 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::time::Instant;
 
-use super::call::{Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error};
+use super::call::{
+    Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error,
+};
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
 use super::pool::PoolError;
@@ -30,7 +32,11 @@ const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
 impl Cluster {
     /// Makes one call and returns the response as soon as its headers arrive
     /// (the body streams on). Failures become gRPC trailers-only responses.
-    pub(crate) async fn call(&self, request: Request<Body>, options: CallOptions) -> Response<Body> {
+    pub(crate) async fn call(
+        &self,
+        request: Request<Body>,
+        options: CallOptions,
+    ) -> Response<Body> {
         let admitted = match self.limits.admit(options.streaming) {
             Ok(admitted) => admitted,
             Err(overflow) => return self.overloaded(overflow),
@@ -45,12 +51,19 @@ impl Cluster {
         let mut retries_made = 0u32;
         let mut _retry_token = None;
         let client_deadline = options.deadline.is_some_and(|d| d.from_client);
-        let mut timers = Timers::new(options.deadline, options.idle_timeout.map(|limit| (limit, Activity::new(self.clock))));
+        let mut timers = Timers::new(
+            options.deadline,
+            options
+                .idle_timeout
+                .map(|limit| (limit, Activity::new(self.clock))),
+        );
         let pool_deadline = options.deadline.map(|d| d.at);
         let mut admitted = Some(admitted);
 
         for _attempt in 0..MAX_TRANSPARENT_ATTEMPTS + self.retries.max_attempts as usize {
-            let Some((endpoint, probe)) = self.pick(&tried) else { break };
+            let Some((endpoint, probe)) = self.pick(&tried) else {
+                break;
+            };
             endpoint.begin_call();
             let slot = match endpoint.pool.acquire(pool_deadline, &self.limits).await {
                 Ok(slot) => slot,
@@ -70,7 +83,10 @@ impl Cluster {
                 }
             };
             let mut guard = CallGuard::new(endpoint, slot, probe, client_deadline);
-            let Some(request_body) = body.take().or_else(|| replay.as_ref().and_then(Replay::body)) else {
+            let Some(request_body) = body
+                .take()
+                .or_else(|| replay.as_ref().and_then(Replay::body))
+            else {
                 break;
             };
             let end_of_stream = request_body.is_end_stream();
@@ -82,7 +98,10 @@ impl Cluster {
                     guard.slot().retire_connection();
                     last_failure = Some(Status::new(
                         Code::Unavailable,
-                        format!("upstream {} connection closing: {error}", guard.endpoint().target),
+                        format!(
+                            "upstream {} connection closing: {error}",
+                            guard.endpoint().target
+                        ),
                     ));
                     body = Some(request_body);
                     continue;
@@ -93,7 +112,12 @@ impl Cluster {
                 drop(send);
             } else {
                 let activity = timers.idle.as_ref().map(|(_, a)| a.clone());
-                let mut pump = RequestPump::new(request_body, send, Some(Replay::new(self.max_replay_buffer)), activity);
+                let mut pump = RequestPump::new(
+                    request_body,
+                    send,
+                    Some(Replay::new(self.max_replay_buffer)),
+                    activity,
+                );
                 // Most unary requests are complete already: send them inline and
                 // keep them for a retry; only a body still arriving gets a task.
                 match std::future::poll_fn(|cx| std::task::Poll::Ready(pump.poll_pump(cx))).await {
@@ -125,7 +149,11 @@ impl Cluster {
                             Pushback::Wait(wait) => Some(wait),
                             Pushback::None => Some(self.retries.backoff(retries_made + 1)),
                         };
-                        let in_time = |wait| options.deadline.is_none_or(|d| Instant::now() + wait < d.at);
+                        let in_time = |wait| {
+                            options
+                                .deadline
+                                .is_none_or(|d| Instant::now() + wait < d.at)
+                        };
                         let active = {
                             let (unary, streams, _) = self.limits.in_flight();
                             unary + streams
@@ -153,7 +181,8 @@ impl Cluster {
                     if error.is_go_away() || error.is_io() {
                         guard.slot().retire_connection();
                     }
-                    let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
+                    let (status, outcome) =
+                        status_for_stream_error(&error, &guard.endpoint().target);
                     if unprocessed && replay.as_ref().and_then(Replay::body).is_some() {
                         // The backend never processed it: safe to send elsewhere.
                         guard.finish(Outcome::Neutral);
@@ -161,7 +190,11 @@ impl Cluster {
                         last_failure = Some(status);
                         continue;
                     }
-                    guard.finish(if unprocessed { Outcome::Neutral } else { outcome });
+                    guard.finish(if unprocessed {
+                        Outcome::Neutral
+                    } else {
+                        outcome
+                    });
                     return status.to_grpc_response();
                 }
                 Err(status) => {
@@ -171,7 +204,12 @@ impl Cluster {
             }
         }
         last_failure
-            .unwrap_or_else(|| Status::new(Code::Unavailable, format!("upstream {} has no endpoint available", self.name)))
+            .unwrap_or_else(|| {
+                Status::new(
+                    Code::Unavailable,
+                    format!("upstream {} has no endpoint available", self.name),
+                )
+            })
             .to_grpc_response()
     }
 
@@ -187,19 +225,35 @@ impl Cluster {
             return Some((probe.clone(), true));
         }
         self.balancer
-            .pick(&endpoints, now, |e| untried(e) && e.in_service(now) && !e.pool.in_backoff(now))
+            .pick(&endpoints, now, |e| {
+                untried(e) && e.in_service(now) && !e.pool.in_backoff(now)
+            })
             // Every endpoint is backing off after connect failures: try one
             // anyway rather than fail without trying.
-            .or_else(|| self.balancer.pick(&endpoints, now, |e| untried(e) && e.in_service(now)))
+            .or_else(|| {
+                self.balancer
+                    .pick(&endpoints, now, |e| untried(e) && e.in_service(now))
+            })
             .map(|e| (e.clone(), false))
     }
 
     /// The HTTP/2 request head for the upstream: the client's method, path
     /// and metadata, and what remains of the deadline as `grpc-timeout`.
-    fn request_head(&self, parts: &http::request::Parts, endpoint: &http::uri::Authority, deadline: Option<super::Deadline>) -> Request<()> {
+    fn request_head(
+        &self,
+        parts: &http::request::Parts,
+        endpoint: &http::uri::Authority,
+        deadline: Option<super::Deadline>,
+    ) -> Request<()> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(parts.uri.authority().cloned().unwrap_or_else(|| endpoint.clone()));
+        uri.authority = Some(
+            parts
+                .uri
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| endpoint.clone()),
+        );
         uri.path_and_query = parts.uri.path_and_query().cloned();
         let mut head = Request::new(());
         *head.method_mut() = parts.method.clone();
@@ -208,20 +262,31 @@ impl Cluster {
         *head.headers_mut() = parts.headers.clone();
         if let Some(deadline) = deadline {
             let remaining = deadline.at.saturating_duration_since(Instant::now());
-            head.headers_mut()
-                .insert(crate::grpc_timeout::GRPC_TIMEOUT, crate::grpc_timeout::encode(remaining));
+            head.headers_mut().insert(
+                crate::grpc_timeout::GRPC_TIMEOUT,
+                crate::grpc_timeout::encode(remaining),
+            );
         }
         head
     }
 
-    fn response(&self, response: http::Response<h2::RecvStream>, mut guard: CallGuard, timers: Timers) -> Response<Body> {
+    fn response(
+        &self,
+        response: http::Response<h2::RecvStream>,
+        mut guard: CallGuard,
+        timers: Timers,
+    ) -> Response<Body> {
         let (parts, recv) = response.into_parts();
         if parts.status != StatusCode::OK {
             let code = Code::from_http_status(parts.status);
             guard.finish_with(code);
             return Status::new(
                 code,
-                format!("upstream {} answered HTTP {} instead of gRPC", guard.endpoint().target, parts.status),
+                format!(
+                    "upstream {} answered HTTP {} instead of gRPC",
+                    guard.endpoint().target,
+                    parts.status
+                ),
             )
             .to_grpc_response();
         }
@@ -235,10 +300,15 @@ impl Cluster {
             let content_type = parts
                 .headers
                 .get(http::header::CONTENT_TYPE)
-                .map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                .map_or("none".into(), |v| {
+                    String::from_utf8_lossy(v.as_bytes()).into_owned()
+                });
             return Status::new(
                 Code::Unknown,
-                format!("upstream {} answered with content-type {content_type}, not gRPC", guard.endpoint().target),
+                format!(
+                    "upstream {} answered with content-type {content_type}, not gRPC",
+                    guard.endpoint().target
+                ),
             )
             .to_grpc_response();
         }
@@ -258,9 +328,10 @@ impl Cluster {
             ),
         );
         let mut response = status.to_grpc_response();
-        response
-            .headers_mut()
-            .insert(OVERLOADED_HEADER, HeaderValue::from_static(overflow.as_str()));
+        response.headers_mut().insert(
+            OVERLOADED_HEADER,
+            HeaderValue::from_static(overflow.as_str()),
+        );
         response
     }
 }

@@ -53,7 +53,13 @@ pub(crate) struct Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Arc<str>, authority: Authority, pool: Arc<Pool>, detector: Arc<OutlierDetector>, clock: Clock) -> Self {
+    pub(crate) fn new(
+        target: Arc<str>,
+        authority: Authority,
+        pool: Arc<Pool>,
+        detector: Arc<OutlierDetector>,
+        clock: Clock,
+    ) -> Self {
         Self {
             target,
             authority,
@@ -79,7 +85,9 @@ impl Endpoint {
 
     /// Whether this endpoint's single probe call is due and may be claimed.
     pub(crate) fn claim_probe(&self, now: u64) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.health() != Health::Unhealthy && self.outlier.claim_probe(now)
+        !self.draining.load(Ordering::Relaxed)
+            && self.health() != Health::Unhealthy
+            && self.outlier.claim_probe(now)
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -121,7 +129,8 @@ impl Endpoint {
         if outcome == Outcome::Failure {
             self.failures.fetch_add(1, Ordering::Relaxed);
         }
-        self.detector.record(&self.outlier, outcome, probe, self.clock.now_nanos());
+        self.detector
+            .record(&self.outlier, outcome, probe, self.clock.now_nanos());
     }
 
     /// Records the time from sending a call to its response headers.

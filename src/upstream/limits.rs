@@ -14,19 +14,20 @@ pub(crate) const OVERLOADED_HEADER: &str = "grpc-edge-overloaded";
 /// Which limit a call ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Overflow {
-    MaxRequests,
-    MaxStreams,
-    MaxPending,
+    Requests,
+    Streams,
+    Pending,
 }
 
 impl Overflow {
-    pub(crate) const ALL: [Overflow; 3] = [Overflow::MaxRequests, Overflow::MaxStreams, Overflow::MaxPending];
+    pub(crate) const ALL: [Overflow; 3] =
+        [Overflow::Requests, Overflow::Streams, Overflow::Pending];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
-            Overflow::MaxRequests => "max_requests",
-            Overflow::MaxStreams => "max_streams",
-            Overflow::MaxPending => "max_pending",
+            Overflow::Requests => "max_requests",
+            Overflow::Streams => "max_streams",
+            Overflow::Pending => "max_pending",
         }
     }
 }
@@ -58,12 +59,14 @@ impl Limits {
     /// Admits a call, or names the limit it hits.
     pub(crate) fn admit(self: &Arc<Self>, streaming: bool) -> Result<Admitted, Overflow> {
         let (counter, max, overflow) = if streaming {
-            (&self.streams, self.max_streams, Overflow::MaxStreams)
+            (&self.streams, self.max_streams, Overflow::Streams)
         } else {
-            (&self.requests, self.max_requests, Overflow::MaxRequests)
+            (&self.requests, self.max_requests, Overflow::Requests)
         };
         if counter
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_err()
         {
             self.count(overflow);
@@ -80,13 +83,17 @@ impl Limits {
         let max = self.max_pending;
         if self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_err()
         {
-            self.count(Overflow::MaxPending);
-            return Err(Overflow::MaxPending);
+            self.count(Overflow::Pending);
+            return Err(Overflow::Pending);
         }
-        Ok(Waiting { limits: self.clone() })
+        Ok(Waiting {
+            limits: self.clone(),
+        })
     }
 
     fn count(&self, overflow: Overflow) {
@@ -109,9 +116,9 @@ impl Limits {
 
     pub(crate) fn limit_of(&self, overflow: Overflow) -> u32 {
         match overflow {
-            Overflow::MaxRequests => self.max_requests,
-            Overflow::MaxStreams => self.max_streams,
-            Overflow::MaxPending => self.max_pending,
+            Overflow::Requests => self.max_requests,
+            Overflow::Streams => self.max_streams,
+            Overflow::Pending => self.max_pending,
         }
     }
 }
@@ -124,7 +131,11 @@ pub(crate) struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let counter = if self.streaming { &self.limits.streams } else { &self.limits.requests };
+        let counter = if self.streaming {
+            &self.limits.streams
+        } else {
+            &self.limits.requests
+        };
         counter.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -158,19 +169,19 @@ mod tests {
         let l = limits(2, 1, 0);
         let a = l.admit(false).unwrap();
         let _b = l.admit(false).unwrap();
-        assert_eq!(l.admit(false).err(), Some(Overflow::MaxRequests));
+        assert_eq!(l.admit(false).err(), Some(Overflow::Requests));
         let _s = l.admit(true).unwrap();
-        assert_eq!(l.admit(true).err(), Some(Overflow::MaxStreams));
+        assert_eq!(l.admit(true).err(), Some(Overflow::Streams));
         drop(a);
         assert!(l.admit(false).is_ok());
         assert_eq!(l.overflows()[0].1, 1);
-        assert_eq!(l.wait().err(), Some(Overflow::MaxPending));
+        assert_eq!(l.wait().err(), Some(Overflow::Pending));
     }
 
     #[test]
     fn zero_admits_nothing() {
         let l = limits(0, 0, 0);
-        assert_eq!(l.admit(false).err(), Some(Overflow::MaxRequests));
-        assert_eq!(l.admit(true).err(), Some(Overflow::MaxStreams));
+        assert_eq!(l.admit(false).err(), Some(Overflow::Requests));
+        assert_eq!(l.admit(true).err(), Some(Overflow::Streams));
     }
 }

@@ -89,7 +89,11 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Builds a cluster; connections open on first use and background work
     /// (outlier evaluation, health checks, DNS) starts with `start`.
-    pub(crate) fn new(name: &str, upstream: &config::Upstream, resolver: Arc<dyn Resolve>) -> Result<Arc<Self>, String> {
+    pub(crate) fn new(
+        name: &str,
+        upstream: &config::Upstream,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Arc<Self>, String> {
         let settings = Arc::new(PoolSettings::from_config(upstream));
         let clock = Clock::new();
         let detector = Arc::new(OutlierDetector::new(
@@ -99,11 +103,12 @@ impl Cluster {
         let discovery = match &upstream.dns {
             None => None,
             Some(dns) => {
-                let (host, port) = discovery::split_host_port(dns)
-                    .ok_or_else(|| format!("upstreams.{name}.dns: expected host:port, got \"{dns}\""))?;
-                let authority: Authority = dns
-                    .parse()
-                    .map_err(|e| format!("upstreams.{name}.dns: \"{dns}\" is not a valid authority: {e}"))?;
+                let (host, port) = discovery::split_host_port(dns).ok_or_else(|| {
+                    format!("upstreams.{name}.dns: expected host:port, got \"{dns}\"")
+                })?;
+                let authority: Authority = dns.parse().map_err(|e| {
+                    format!("upstreams.{name}.dns: \"{dns}\" is not a valid authority: {e}")
+                })?;
                 Some(Discovery {
                     host,
                     port,
@@ -128,15 +133,18 @@ impl Cluster {
             limits: Limits::new(&upstream.limits),
             retries: Retries::new(&upstream.retry),
             max_replay_buffer: upstream.retry.max_replay_buffer.as_usize(),
-            health: upstream.health_check.as_ref().map(HealthSettings::from_config),
+            health: upstream
+                .health_check
+                .as_ref()
+                .map(HealthSettings::from_config),
             discovery,
             resolver,
         });
         let mut endpoints = Vec::with_capacity(upstream.endpoints.len());
         for target in &upstream.endpoints {
-            let authority: Authority = target
-                .parse()
-                .map_err(|e| format!("upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}"))?;
+            let authority: Authority = target.parse().map_err(|e| {
+                format!("upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}")
+            })?;
             endpoints.push(cluster.make_endpoint(Arc::from(target.as_str()), authority));
         }
         cluster.endpoints.store(Arc::new(endpoints));
@@ -146,7 +154,13 @@ impl Cluster {
     fn make_endpoint(&self, target: Arc<str>, authority: Authority) -> Arc<Endpoint> {
         let refresh = self.discovery.as_ref().map(|d| d.refresh.clone());
         let pool = Pool::new(target.clone(), self.settings.clone(), self.clock, refresh);
-        Arc::new(Endpoint::new(target, authority, pool, self.detector.clone(), self.clock))
+        Arc::new(Endpoint::new(
+            target,
+            authority,
+            pool,
+            self.detector.clone(),
+            self.clock,
+        ))
     }
 
     /// Starts the cluster's background work; each task ends when the cluster is dropped.
@@ -158,11 +172,14 @@ impl Cluster {
             ticker.tick().await;
             loop {
                 ticker.tick().await;
-                let Some(cluster) = weak.upgrade() else { return };
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
                 let endpoints = cluster.endpoints.load();
-                cluster
-                    .detector
-                    .evaluate(endpoints.iter().map(|e| &e.outlier), cluster.clock.now_nanos());
+                cluster.detector.evaluate(
+                    endpoints.iter().map(|e| &e.outlier),
+                    cluster.clock.now_nanos(),
+                );
             }
         });
         for endpoint in self.endpoints.load().iter() {
@@ -182,13 +199,19 @@ impl Cluster {
 
     fn start_health_check(&self, endpoint: &Arc<Endpoint>) {
         if let Some(settings) = &self.health {
-            tokio::spawn(health_check::run(Arc::downgrade(endpoint), settings.clone(), self.limits.clone()));
+            tokio::spawn(health_check::run(
+                Arc::downgrade(endpoint),
+                settings.clone(),
+                self.limits.clone(),
+            ));
         }
     }
 
     /// Replaces the discovered endpoint set: new addresses join, missing ones drain.
     fn set_endpoints(&self, addresses: &[std::net::SocketAddr]) {
-        let Some(discovery) = &self.discovery else { return };
+        let Some(discovery) = &self.discovery else {
+            return;
+        };
         if let Ok(mut last) = discovery.last_error.lock() {
             *last = None;
         }
@@ -199,7 +222,10 @@ impl Cluster {
             .filter(|e| wanted.iter().any(|w| **w == *e.target))
             .cloned()
             .collect();
-        for endpoint in current.iter().filter(|e| !wanted.iter().any(|w| **w == *e.target)) {
+        for endpoint in current
+            .iter()
+            .filter(|e| !wanted.iter().any(|w| **w == *e.target))
+        {
             tracing::info!(upstream = %self.name, endpoint = %endpoint.target, "endpoint left DNS: draining");
             endpoint.drain();
             if let Ok(mut draining) = self.draining.lock() {
@@ -210,7 +236,8 @@ impl Cluster {
         for address in &wanted {
             if !next.iter().any(|e| *e.target == **address) {
                 tracing::info!(upstream = %self.name, endpoint = %address, "endpoint joined from DNS");
-                let endpoint = self.make_endpoint(Arc::from(address.as_str()), discovery.authority.clone());
+                let endpoint =
+                    self.make_endpoint(Arc::from(address.as_str()), discovery.authority.clone());
                 self.start_health_check(&endpoint);
                 next.push(endpoint);
             }
@@ -218,7 +245,10 @@ impl Cluster {
         next.sort_by(|a, b| a.target.cmp(&b.target));
         self.detector.set_endpoint_count(next.len());
         self.endpoints.store(Arc::new(next));
-        if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !discovery
+            .resolved_once
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             discovery.resolved.notify_waiters();
         }
     }
@@ -229,7 +259,10 @@ impl Cluster {
             if let Ok(mut last) = discovery.last_error.lock() {
                 *last = Some(why);
             }
-            if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            if !discovery
+                .resolved_once
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
                 discovery.resolved.notify_waiters();
             }
         }
@@ -241,7 +274,10 @@ impl Cluster {
             let notified = discovery.resolved.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !discovery.resolved_once.load(std::sync::atomic::Ordering::Acquire) {
+            if !discovery
+                .resolved_once
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
                 let _ = tokio::time::timeout(self.settings.pending_timeout, notified).await;
             }
         }
@@ -263,9 +299,19 @@ impl Cluster {
     /// What the cluster believes about itself and each endpoint now.
     pub(crate) fn snapshot(&self) -> ClusterSnapshot {
         let now = self.clock.now_nanos();
-        let mut endpoints: Vec<EndpointSnapshot> = self.endpoints.load().iter().map(|e| self.describe(e, now)).collect();
+        let mut endpoints: Vec<EndpointSnapshot> = self
+            .endpoints
+            .load()
+            .iter()
+            .map(|e| self.describe(e, now))
+            .collect();
         if let Ok(draining) = self.draining.lock() {
-            endpoints.extend(draining.iter().filter_map(Weak::upgrade).map(|e| self.describe(&e, now)));
+            endpoints.extend(
+                draining
+                    .iter()
+                    .filter_map(Weak::upgrade)
+                    .map(|e| self.describe(&e, now)),
+            );
         }
         let (unary, streaming, pending) = self.limits.in_flight();
         ClusterSnapshot {
@@ -278,9 +324,17 @@ impl Cluster {
             unary_in_flight: unary,
             streams_in_flight: streaming,
             pending,
-            overflows: self.limits.overflows().iter().map(|(o, n)| (o.as_str().to_string(), *n)).collect(),
+            overflows: self
+                .limits
+                .overflows()
+                .iter()
+                .map(|(o, n)| (o.as_str().to_string(), *n))
+                .collect(),
             retries: self.retries.made.load(std::sync::atomic::Ordering::Relaxed),
-            retries_refused_by_budget: self.retries.refused_by_budget.load(std::sync::atomic::Ordering::Relaxed),
+            retries_refused_by_budget: self
+                .retries
+                .refused_by_budget
+                .load(std::sync::atomic::Ordering::Relaxed),
             endpoints,
         }
     }
@@ -301,7 +355,9 @@ impl Cluster {
             }
         };
         let ejected_for = match standing {
-            Standing::Ejected { until_nanos } => Some(Duration::from_nanos(until_nanos - now).as_secs_f64()),
+            Standing::Ejected { until_nanos } => {
+                Some(Duration::from_nanos(until_nanos - now).as_secs_f64())
+            }
             _ => None,
         };
         EndpointSnapshot {
@@ -318,7 +374,9 @@ impl Cluster {
             rtt_ms: e.rtt_estimate(&self.clock).as_secs_f64() * 1000.0,
             connections: e.pool.connection_loads(),
             ejected_for_seconds: ejected_for,
-            ejection_reason: (standing != Standing::InService).then(|| e.outlier.reason()).flatten(),
+            ejection_reason: (standing != Standing::InService)
+                .then(|| e.outlier.reason())
+                .flatten(),
             times_ejected: e.outlier.times_ejected(),
             total_ejections: e.outlier.total_ejections(),
             last_error: e.pool.last_error(),
@@ -400,7 +458,11 @@ pub struct EndpointSnapshot {
 }
 
 /// Adds `x-forwarded-for` and `x-forwarded-proto` to a request's metadata.
-pub(crate) fn add_forwarded(headers: &mut http::HeaderMap, client: Option<&HeaderValue>, proto: &'static str) {
+pub(crate) fn add_forwarded(
+    headers: &mut http::HeaderMap,
+    client: Option<&HeaderValue>,
+    proto: &'static str,
+) {
     if let Some(client) = client {
         match headers.get(X_FORWARDED_FOR) {
             Some(existing) => {

@@ -113,7 +113,11 @@ impl OutlierState {
             return 1.0;
         }
         let elapsed = now.saturating_sub(since) as f64 / SLOW_START.as_nanos() as f64;
-        if elapsed >= 1.0 { 1.0 } else { 1.0 + 9.0 * (1.0 - elapsed) }
+        if elapsed >= 1.0 {
+            1.0
+        } else {
+            1.0 + 9.0 * (1.0 - elapsed)
+        }
     }
 
     pub(crate) fn times_ejected(&self) -> u32 {
@@ -146,7 +150,8 @@ impl OutlierDetector {
     }
 
     pub(crate) fn set_endpoint_count(&self, n: usize) {
-        self.endpoints.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+        self.endpoints
+            .store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
     }
 
     /// Whether any endpoint is ejected (the picker looks for due probes only then).
@@ -201,12 +206,16 @@ impl OutlierDetector {
                 self.eject(
                     state,
                     now,
-                    format!("{percent}% of {calls} calls failed in {:?}", self.settings.interval),
+                    format!(
+                        "{percent}% of {calls} calls failed in {:?}",
+                        self.settings.interval
+                    ),
                 );
             } else {
-                let _ = state
-                    .times_ejected
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                let _ =
+                    state
+                        .times_ejected
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
         }
     }
@@ -221,7 +230,9 @@ impl OutlierDetector {
         let budget = self.ejection_budget();
         if self
             .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < budget).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < budget).then_some(n + 1)
+            })
             .is_err()
         {
             tracing::debug!(%reason, budget, "not ejecting: max_ejection_percent reached");
@@ -271,7 +282,11 @@ impl OutlierDetector {
     /// Base × times ejected (this one included), capped, ±10% jitter.
     fn ejection_time(&self, state: &OutlierState) -> Duration {
         let times = state.times_ejected.fetch_add(1, Ordering::Relaxed) + 1;
-        let raw = self.settings.base_ejection.saturating_mul(times).min(self.settings.max_ejection);
+        let raw = self
+            .settings
+            .base_ejection
+            .saturating_mul(times)
+            .min(self.settings.max_ejection);
         raw.mul_f64(0.9 + fastrand::f64() * 0.2)
     }
 
@@ -337,7 +352,11 @@ mod tests {
         let d = detector(3);
         let s = OutlierState::default();
         for i in 0..40 {
-            let outcome = if i % 3 == 0 { Outcome::Success } else { Outcome::Failure };
+            let outcome = if i % 3 == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            };
             d.record(&s, outcome, false, SEC);
             if outcome == Outcome::Failure {
                 d.record(&s, Outcome::Success, false, SEC); // keep runs short
@@ -353,7 +372,11 @@ mod tests {
             d.record(&s, Outcome::Success, false, SEC);
         }
         d.evaluate(std::iter::once(&s), SEC);
-        assert!(matches!(s.standing(SEC), Standing::Ejected { .. }), "{:?}", s.reason());
+        assert!(
+            matches!(s.standing(SEC), Standing::Ejected { .. }),
+            "{:?}",
+            s.reason()
+        );
     }
 
     #[test]
@@ -366,7 +389,9 @@ mod tests {
             for _ in 0..5 {
                 d.record(&s, Outcome::Failure, false, now);
             }
-            let Standing::Ejected { until_nanos } = s.standing(now) else { panic!("not ejected") };
+            let Standing::Ejected { until_nanos } = s.standing(now) else {
+                panic!("not ejected")
+            };
             lengths.push((until_nanos - now) as f64 / SEC as f64);
             now = until_nanos;
             assert!(s.claim_probe(now));
@@ -376,7 +401,10 @@ mod tests {
         }
         for (i, secs) in lengths.iter().enumerate() {
             let expected = (30.0 * (i + 1) as f64).min(300.0);
-            assert!((secs - expected).abs() <= expected * 0.1 + 0.001, "ejection {i}: {secs}s, expected ~{expected}s");
+            assert!(
+                (secs - expected).abs() <= expected * 0.1 + 0.001,
+                "ejection {i}: {secs}s, expected ~{expected}s"
+            );
         }
     }
 
@@ -387,10 +415,14 @@ mod tests {
         for _ in 0..5 {
             d.record(&s, Outcome::Failure, false, SEC);
         }
-        let Standing::Ejected { until_nanos } = s.standing(SEC) else { panic!() };
+        let Standing::Ejected { until_nanos } = s.standing(SEC) else {
+            panic!()
+        };
         assert!(s.claim_probe(until_nanos));
         d.record(&s, Outcome::Failure, true, until_nanos);
-        let Standing::Ejected { until_nanos: again } = s.standing(until_nanos) else { panic!() };
+        let Standing::Ejected { until_nanos: again } = s.standing(until_nanos) else {
+            panic!()
+        };
         assert!(again - until_nanos > 50 * SEC, "second ejection ~60 s");
     }
 
@@ -403,8 +435,14 @@ mod tests {
                 d.record(s, Outcome::Failure, false, SEC);
             }
         }
-        let ejected = states.iter().filter(|s| s.standing(SEC) != Standing::InService).count();
-        assert_eq!(ejected, 1, "50% of 3 rounds down, but one may always be ejected");
+        let ejected = states
+            .iter()
+            .filter(|s| s.standing(SEC) != Standing::InService)
+            .count();
+        assert_eq!(
+            ejected, 1,
+            "50% of 3 rounds down, but one may always be ejected"
+        );
     }
 
     #[test]
@@ -414,7 +452,9 @@ mod tests {
         for _ in 0..5 {
             d.record(&s, Outcome::Failure, false, SEC);
         }
-        let Standing::Ejected { until_nanos } = s.standing(SEC) else { panic!() };
+        let Standing::Ejected { until_nanos } = s.standing(SEC) else {
+            panic!()
+        };
         assert!(s.claim_probe(until_nanos));
         d.record(&s, Outcome::Success, true, until_nanos);
         assert!((s.warmup_factor(until_nanos) - 10.0).abs() < 0.01);

@@ -77,7 +77,10 @@ pub(crate) enum PoolError {
     PendingTimeout { target: Arc<str>, waited: Duration },
     /// Too many calls were already waiting (`limits.max_pending`).
     #[error("too many calls waiting for {target}")]
-    Overflow { target: Arc<str>, overflow: Overflow },
+    Overflow {
+        target: Arc<str>,
+        overflow: Overflow,
+    },
 }
 
 /// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
@@ -106,7 +109,12 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(target: Arc<str>, settings: Arc<PoolSettings>, clock: Clock, refresh: Option<Arc<Notify>>) -> Arc<Self> {
+    pub(crate) fn new(
+        target: Arc<str>,
+        settings: Arc<PoolSettings>,
+        clock: Clock,
+        refresh: Option<Arc<Notify>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             target,
             settings,
