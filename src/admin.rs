@@ -12,6 +12,8 @@
 //! - `GET /config`: the effective configuration as JSON (defaults filled in,
 //!   paths resolved). It holds file paths but no secret material.
 //! - `GET /routes`: the route table, as `grpc-edge routes` prints it.
+//! - `GET /metrics`: Prometheus text format, or OpenMetrics when asked for
+//!   with `Accept: application/openmetrics-text`.
 //!
 //! It serves HTTP/1.1 only and never touches the proxy's hot path.
 
@@ -30,11 +32,7 @@ use crate::gateway::Gateway;
 use crate::upstream::ClusterSnapshot;
 
 /// Serves the admin endpoints until `stopped` turns true.
-pub(crate) async fn serve(
-    gateway: Gateway,
-    listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(gateway: Gateway, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
     loop {
         let (tcp, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -81,26 +79,42 @@ fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
         "/readyz" if gateway.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/config" => json(&gateway.config()),
-        "/routes" => text(
-            StatusCode::OK,
-            crate::report::route_lines(gateway).join("\n") + "\n",
-        ),
+        "/metrics" => metrics(gateway, request),
+        "/routes" => text(StatusCode::OK, crate::report::route_lines(gateway).join("\n") + "\n"),
         "/upstreams" if wants_json => json(&gateway.upstream_snapshot()),
         "/upstreams" => text(StatusCode::OK, upstreams_text(&gateway.upstream_snapshot())),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz, /readyz, /upstreams, /config, /routes\n".into(),
+            "not found; try /metrics, /healthz, /readyz, /upstreams, /config, /routes\n".into(),
         ),
     }
+}
+
+/// Prometheus text format by default; OpenMetrics when the scraper asks for it.
+fn metrics(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
+    let openmetrics = request
+        .headers()
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let mut response = Response::new(Body::full(gateway.render_metrics(openmetrics)));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Body> {
     let mut response = Response::new(Body::full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
 }
 
@@ -114,10 +128,7 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Body> {
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(e) => text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot render: {e}\n"),
-        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot render: {e}\n")),
     }
 }
 

@@ -10,8 +10,9 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 
+use crate::telemetry::Observer;
 use crate::upstream::UpstreamBody;
 
 /// Errors a body can yield; they end the exchange (an HTTP/2 stream is reset).
@@ -23,6 +24,8 @@ pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 /// A request or response body.
 pub struct Body {
     kind: Kind,
+    /// Telemetry watching this body's frames, when the call is measured.
+    observer: Option<Observer>,
 }
 
 enum Kind {
@@ -48,7 +51,10 @@ enum Kind {
 impl Body {
     /// A body with no data and no trailers.
     pub fn empty() -> Self {
-        Self { kind: Kind::Empty }
+        Self {
+            kind: Kind::Empty,
+            observer: None,
+        }
     }
 
     /// A body of one chunk.
@@ -67,6 +73,7 @@ impl Body {
                 chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
                 trailers,
             },
+            observer: None,
         }
     }
 
@@ -75,6 +82,7 @@ impl Body {
         let data_done = recv.is_end_stream();
         Self {
             kind: Kind::H2 { recv, data_done },
+            observer: None,
         }
     }
 
@@ -82,12 +90,14 @@ impl Body {
     pub fn hyper(incoming: hyper::body::Incoming) -> Self {
         Self {
             kind: Kind::Hyper(incoming),
+            observer: None,
         }
     }
 
     pub(crate) fn upstream(body: UpstreamBody) -> Self {
         Self {
             kind: Kind::Upstream(Box::new(body)),
+            observer: None,
         }
     }
 
@@ -100,38 +110,13 @@ impl Body {
         use http_body_util::BodyExt;
         Self {
             kind: Kind::Boxed(body.map_err(Into::into).boxed_unsync()),
+            observer: None,
         }
     }
 }
 
-impl Default for Body {
-    fn default() -> Self {
-        Self::empty()
-    }
-}
-
-impl std::fmt::Debug for Body {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kind = match &self.kind {
-            Kind::Empty => "empty",
-            Kind::Buffered { .. } => "buffered",
-            Kind::H2 { .. } => "h2",
-            Kind::Hyper(_) => "hyper",
-            Kind::Upstream(_) => "upstream",
-            Kind::Boxed(_) => "boxed",
-        };
-        f.debug_tuple("Body").field(&kind).finish()
-    }
-}
-
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+impl Body {
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Buffered { chunks, trailers } => match chunks.pop_front() {
@@ -163,6 +148,57 @@ impl http_body::Body for Body {
         }
     }
 
+    /// Lets telemetry watch this body's frames.
+    pub(crate) fn observe(&mut self, observer: Observer) {
+        self.observer = Some(observer);
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Buffered { .. } => "buffered",
+            Kind::H2 { .. } => "h2",
+            Kind::Hyper(_) => "hyper",
+            Kind::Upstream(_) => "upstream",
+            Kind::Boxed(_) => "boxed",
+        };
+        f.debug_tuple("Body").field(&kind).finish()
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.poll_inner(cx);
+        if let Some(observer) = &mut self.observer {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        observer.data(data);
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        observer.trailers(trailers);
+                    }
+                }
+                Poll::Ready(None) => {
+                    observer.end();
+                    self.observer = None;
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
@@ -177,9 +213,7 @@ impl http_body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Buffered { chunks, .. } => {
-                SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum())
-            }
+            Kind::Buffered { chunks, .. } => SizeHint::with_exact(chunks.iter().map(|c| c.len() as u64).sum()),
             Kind::H2 { .. } | Kind::Upstream(_) => SizeHint::default(),
             Kind::Hyper(incoming) => incoming.size_hint(),
             Kind::Boxed(body) => body.size_hint(),

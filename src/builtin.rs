@@ -51,10 +51,7 @@ pub(crate) fn builtins(pool: &DescriptorPool) -> Result<Builtins, String> {
 
 /// Keeps per-service health in step with upstream endpoints, every second,
 /// until the gateway is dropped.
-pub(crate) async fn track_services(
-    gateway: Weak<crate::gateway::GatewayInner>,
-    health: HealthReporter,
-) {
+pub(crate) async fn track_services(gateway: Weak<crate::gateway::GatewayInner>, health: HealthReporter) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;

@@ -25,8 +25,8 @@
 
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
-    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD,
+    ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 
@@ -47,8 +47,7 @@ const BUILTIN_ALLOW_HEADERS: [&str; 9] = [
 ];
 
 /// Response headers every policy exposes.
-const BUILTIN_EXPOSE_HEADERS: [&str; 3] =
-    ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+const BUILTIN_EXPOSE_HEADERS: [&str; 3] = ["grpc-status", "grpc-message", "grpc-status-details-bin"];
 
 /// Methods a preflight may ask for: every HttpRule verb.
 const ALLOW_METHODS: &str = "GET, PUT, POST, DELETE, PATCH";
@@ -146,9 +145,7 @@ impl Policy {
         let allow_origin = origin.and_then(|origin| self.allow_origin(origin));
         let preflight = request.method() == Method::OPTIONS
             && origin.is_some()
-            && request
-                .headers()
-                .contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+            && request.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
         if preflight {
             return Check::Preflight(self.preflight(allow_origin));
         }
@@ -179,10 +176,7 @@ impl Policy {
         headers.insert(VARY, HeaderValue::from_static("origin"));
         if let Some(allow_origin) = allow_origin {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
-            headers.insert(
-                ACCESS_CONTROL_ALLOW_METHODS,
-                HeaderValue::from_static(ALLOW_METHODS),
-            );
+            headers.insert(ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOW_METHODS));
             headers.insert(ACCESS_CONTROL_ALLOW_HEADERS, self.allow_headers.clone());
             headers.insert(ACCESS_CONTROL_MAX_AGE, self.max_age.clone());
             self.credentials_to(headers);
@@ -192,10 +186,7 @@ impl Policy {
 
     fn credentials_to(&self, headers: &mut HeaderMap) {
         if self.credentials == Credentials::Allowed {
-            headers.insert(
-                ACCESS_CONTROL_ALLOW_CREDENTIALS,
-                HeaderValue::from_static("true"),
-            );
+            headers.insert(ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
     }
 }
@@ -222,10 +213,7 @@ impl Decoration<'_> {
         }
         if let Some(allow_origin) = self.allow_origin {
             headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin);
-            headers.insert(
-                ACCESS_CONTROL_EXPOSE_HEADERS,
-                self.policy.expose_headers.clone(),
-            );
+            headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, self.policy.expose_headers.clone());
             self.policy.credentials_to(headers);
         }
     }
@@ -233,12 +221,7 @@ impl Decoration<'_> {
 
 /// Joins the built-in names and the configured ones (lower-cased, without
 /// repeats) into one header value; a bad configured name is an error.
-fn header_list(
-    builtin: &[&str],
-    configured: &[String],
-    key: &str,
-    errors: &mut Vec<ConfigError>,
-) -> HeaderValue {
+fn header_list(builtin: &[&str], configured: &[String], key: &str, errors: &mut Vec<ConfigError>) -> HeaderValue {
     let mut names: Vec<String> = builtin.iter().map(|n| (*n).to_string()).collect();
     for (i, name) in configured.iter().enumerate() {
         match HeaderName::from_bytes(name.trim().as_bytes()) {
@@ -276,9 +259,7 @@ mod tests {
         let mut request = Request::new(());
         *request.method_mut() = method;
         for (name, value) in headers {
-            request
-                .headers_mut()
-                .insert(*name, HeaderValue::from_static(value));
+            request.headers_mut().insert(*name, HeaderValue::from_static(value));
         }
         request
     }
@@ -318,23 +299,12 @@ mod tests {
         let policy = policy(&["https://app.example.com/"], false);
         let allowed = |origin: &'static str| policy.allow_origin(&HeaderValue::from_static(origin));
         assert_eq!(allowed(APP).unwrap(), APP);
-        assert_eq!(
-            allowed("HTTPS://APP.example.com").unwrap(),
-            "HTTPS://APP.example.com"
-        );
-        for other in [
-            "https://app.example.com:8443",
-            "http://app.example.com",
-            "null",
-            "",
-        ] {
+        assert_eq!(allowed("HTTPS://APP.example.com").unwrap(), "HTTPS://APP.example.com");
+        for other in ["https://app.example.com:8443", "http://app.example.com", "null", ""] {
             assert!(allowed(other).is_none(), "{other}");
         }
         let any = self::policy(&["*"], false);
-        assert_eq!(
-            any.allow_origin(&HeaderValue::from_static("null")).unwrap(),
-            "*"
-        );
+        assert_eq!(any.allow_origin(&HeaderValue::from_static("null")).unwrap(), "*");
     }
 
     #[test]
@@ -354,10 +324,7 @@ mod tests {
         assert_eq!(headers[ACCESS_CONTROL_ALLOW_METHODS], ALLOW_METHODS);
         for not_preflight in [
             request(Method::OPTIONS, &[("origin", APP)]),
-            request(
-                Method::OPTIONS,
-                &[("access-control-request-method", "POST")],
-            ),
+            request(Method::OPTIONS, &[("access-control-request-method", "POST")]),
             request(
                 Method::POST,
                 &[("origin", APP), ("access-control-request-method", "POST")],
@@ -370,19 +337,15 @@ mod tests {
     #[test]
     fn a_disallowed_origin_gets_no_cors_headers_even_from_upstream() {
         let policy = policy(&[APP], true);
-        let Check::Actual(decoration) = policy.check(&request(
-            Method::POST,
-            &[("origin", "https://evil.example")],
-        )) else {
+        let Check::Actual(decoration) = policy.check(&request(Method::POST, &[("origin", "https://evil.example")]))
+        else {
             panic!("not an actual request");
         };
         let mut headers = HeaderMap::new();
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
         decoration.apply(&mut headers);
         assert!(
-            headers
-                .keys()
-                .all(|name| !name.as_str().starts_with("access-control-")),
+            headers.keys().all(|name| !name.as_str().starts_with("access-control-")),
             "{headers:?}"
         );
         assert_eq!(headers[VARY], "origin");

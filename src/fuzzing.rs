@@ -8,9 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use http::Method;
 use prost_reflect::DescriptorPool;
-use prost_types::{
-    DescriptorProto, FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto,
-};
+use prost_types::{DescriptorProto, FileDescriptorProto, MethodDescriptorProto, ServiceDescriptorProto};
 
 use crate::descriptors::{MethodInfo, Registry};
 use crate::rest::router::{Binding, BodyRule, Lookup, RestRouter};
@@ -160,8 +158,7 @@ mod reference {
             return Answer::BadPath;
         };
         let segments: Vec<&str> = rest.split('/').collect();
-        let bad =
-            |s: &&str| template::invalid_escape(s).is_some() || template::decode(s, false).is_err();
+        let bad = |s: &&str| template::invalid_escape(s).is_some() || template::decode(s, false).is_err();
         if segments.iter().any(bad) {
             return Answer::BadPath;
         }
@@ -174,11 +171,7 @@ mod reference {
             })
             .min_by(|a, b| a.0.cmp(&b.0));
         if let Some((_, binding, variables)) = best {
-            return Answer::Found(
-                binding.http_method.to_string(),
-                binding.pattern.clone(),
-                variables,
-            );
+            return Answer::Found(binding.http_method.to_string(), binding.pattern.clone(), variables);
         }
         let mut allowed: Vec<Method> = router
             .bindings()
@@ -243,9 +236,7 @@ mod reference {
         let mut variables = Vec::new();
         for v in &t.variables {
             let value = if v.is_single_segment() {
-                template::decode(segments.get(v.start)?, false)
-                    .ok()?
-                    .into_owned()
+                template::decode(segments.get(v.start)?, false).ok()?.into_owned()
             } else {
                 let end = v.end.unwrap_or(n);
                 let parts = segments.get(v.start..end).unwrap_or_default();

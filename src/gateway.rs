@@ -50,8 +50,7 @@ pub struct ConnInfo {
 impl ConnInfo {
     /// Information about a plaintext connection from `remote`.
     pub fn new(remote: Option<SocketAddr>, tls: bool) -> Self {
-        let forwarded_for =
-            remote.and_then(|addr| HeaderValue::from_str(&addr.ip().to_string()).ok());
+        let forwarded_for = remote.and_then(|addr| HeaderValue::from_str(&addr.ip().to_string()).ok());
         Self {
             remote,
             forwarded_for,
@@ -104,9 +103,23 @@ pub(crate) struct GatewayInner {
     ready: std::sync::atomic::AtomicBool,
     /// The built-in `grpc.health.v1` statuses.
     health: tonic_health::server::HealthReporter,
+    pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Client connections open now.
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 impl GatewayInner {
+    /// Each upstream as the gateway sees it now, sorted by name.
+    pub(crate) fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
+        let mut all: Vec<_> = self.clusters.values().map(|cluster| cluster.snapshot()).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    pub(crate) fn open_connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Each service routed to a network upstream, and whether that upstream
     /// has an endpoint in service now.
     pub(crate) fn service_availability(&self) -> Vec<(String, bool)> {
@@ -150,10 +163,7 @@ impl Gateway {
     /// Builds a gateway from a configuration and descriptors loaded elsewhere
     /// (the configuration's own `descriptors` list is not read).
     pub fn with_descriptors(config: Config, descriptors: Descriptors) -> Result<Self, BuildError> {
-        Self::builder()
-            .config(config)
-            .descriptors(descriptors)
-            .build()
+        Self::builder().config(config).descriptors(descriptors).build()
     }
 
     /// A builder, for what a configuration file cannot say (a DNS resolver,
@@ -162,18 +172,13 @@ impl Gateway {
         GatewayBuilder::default()
     }
 
-    fn assemble(
-        config: Config,
-        descriptors: Descriptors,
-        resolver: Arc<dyn Resolve>,
-    ) -> Result<Self, BuildError> {
+    fn assemble(config: Config, descriptors: Descriptors, resolver: Arc<dyn Resolve>) -> Result<Self, BuildError> {
         config.validate()?;
         refuse_unbuilt_features(&config)?;
         crate::tls::check_listener(&config)?;
         let mut clusters = HashMap::new();
         for (name, upstream) in &config.upstreams {
-            let cluster =
-                Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
+            let cluster = Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
             clusters.insert(name.clone(), cluster);
         }
         // Background work (outlier evaluation, health checks, DNS) needs a
@@ -185,23 +190,15 @@ impl Gateway {
             }
         }
         let builtins = crate::builtin::builtins(descriptors.pool()).map_err(BuildError::Other)?;
-        let routes = RouteTable::new(
-            &config.routes,
-            &clusters,
-            &builtins.services,
-            descriptors.registry(),
-        )
-        .map_err(BuildError::Other)?;
-        let router =
-            crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
-                .map_err(BuildError::Other)?;
-        let rest =
-            crate::rest::RestFrontEnd::new(router, descriptors.pool().clone(), &config.transcoding);
-        let cors = config
-            .cors
-            .as_ref()
-            .map(crate::cors::Policy::new)
-            .transpose()?;
+        let routes = RouteTable::new(&config.routes, &clusters, &builtins.services, descriptors.registry())
+            .map_err(BuildError::Other)?;
+        let router = crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
+            .map_err(BuildError::Other)?;
+        let rest = crate::rest::RestFrontEnd::new(router, descriptors.pool().clone(), &config.transcoding);
+        let cors = config.cors.as_ref().map(crate::cors::Policy::new).transpose()?;
+        let telemetry = crate::telemetry::Telemetry::new(&config.observability, descriptors.registry());
+        let collector = Arc::new(crate::telemetry::collector::GatewayCollector::default());
+        telemetry.register_collector(Box::new(collector.clone()));
         let gateway = Self {
             inner: Arc::new(GatewayInner {
                 config,
@@ -212,8 +209,11 @@ impl Gateway {
                 cors,
                 ready: std::sync::atomic::AtomicBool::new(false),
                 health: builtins.health.clone(),
+                telemetry,
+                connections: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
+        let _ = collector.gateway.set(Arc::downgrade(&gateway.inner));
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(crate::builtin::track_services(
                 Arc::downgrade(&gateway.inner),
@@ -243,9 +243,7 @@ impl Gateway {
     }
 
     pub(crate) fn set_ready(&self, ready: bool) {
-        self.inner
-            .ready
-            .store(ready, std::sync::atomic::Ordering::Release);
+        self.inner.ready.store(ready, std::sync::atomic::Ordering::Release);
         let health = self.inner.health.clone();
         let status = if ready {
             tonic_health::ServingStatus::Serving
@@ -261,14 +259,33 @@ impl Gateway {
 
     /// Each upstream as the gateway sees it now, sorted by name.
     pub fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
-        let mut all: Vec<_> = self
-            .inner
-            .clusters
-            .values()
-            .map(|cluster| cluster.snapshot())
-            .collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all
+        self.inner.upstream_snapshot()
+    }
+
+    pub(crate) fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
+        &self.inner.telemetry
+    }
+
+    /// Every metric, in Prometheus text format (or OpenMetrics).
+    pub fn render_metrics(&self, openmetrics: bool) -> String {
+        let format = if openmetrics {
+            crate::telemetry::Format::OpenMetrics
+        } else {
+            crate::telemetry::Format::Text
+        };
+        self.inner.telemetry.render(format)
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.inner
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.inner
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The gRPC method routes: `(path, upstream, call kind)`, sorted by path.

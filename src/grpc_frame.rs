@@ -30,11 +30,7 @@ pub(crate) enum FrameError {
     TooLarge { len: u64, limit: usize, offset: u64 },
     /// The stream ended inside a frame.
     #[error("stream ended inside a message: {have} of {need} bytes at byte offset {offset}")]
-    Truncated {
-        have: usize,
-        need: usize,
-        offset: u64,
-    },
+    Truncated { have: usize, need: usize, offset: u64 },
 }
 
 /// Incremental frame decoder.
@@ -65,12 +61,7 @@ impl FrameDecoder {
             return Ok(None);
         }
         let flags = self.buffer[0];
-        let len = u32::from_be_bytes([
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-            self.buffer[4],
-        ]);
+        let len = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]);
         let len_usize = len as usize;
         if len_usize > self.limit {
             return Err(FrameError::TooLarge {
@@ -80,8 +71,7 @@ impl FrameDecoder {
             });
         }
         if self.buffer.len() < HEADER_LEN + len_usize {
-            self.buffer
-                .reserve(HEADER_LEN + len_usize - self.buffer.len());
+            self.buffer.reserve(HEADER_LEN + len_usize - self.buffer.len());
             return Ok(None);
         }
         self.buffer.advance(HEADER_LEN);
@@ -98,13 +88,7 @@ impl FrameDecoder {
         let need = if self.buffer.len() < HEADER_LEN {
             HEADER_LEN
         } else {
-            HEADER_LEN
-                + u32::from_be_bytes([
-                    self.buffer[1],
-                    self.buffer[2],
-                    self.buffer[3],
-                    self.buffer[4],
-                ]) as usize
+            HEADER_LEN + u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize
         };
         Err(FrameError::Truncated {
             have: self.buffer.len(),

@@ -10,9 +10,7 @@ pub const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Why a `grpc-timeout` value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "malformed grpc-timeout {value:?}: expected 1 to 8 digits followed by a unit H, M, S, m, u or n"
-)]
+#[error("malformed grpc-timeout {value:?}: expected 1 to 8 digits followed by a unit H, M, S, m, u or n")]
 pub struct InvalidTimeout {
     /// The value as received (lossy).
     pub value: String,
@@ -27,9 +25,7 @@ pub fn parse(value: &[u8]) -> Result<Duration, InvalidTimeout> {
     if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
         return Err(invalid());
     }
-    let n = digits
-        .iter()
-        .fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
+    let n = digits.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
     Ok(match unit {
         b'H' => Duration::from_secs(n * 3600),
         b'M' => Duration::from_secs(n * 60),
@@ -63,8 +59,7 @@ pub fn encode(timeout: Duration) -> HeaderValue {
     let mut text = [0u8; 9];
     text[..digits.len()].copy_from_slice(digits.as_bytes());
     text[digits.len()] = unit as u8;
-    HeaderValue::from_bytes(&text[..=digits.len()])
-        .unwrap_or_else(|_| HeaderValue::from_static("1n"))
+    HeaderValue::from_bytes(&text[..=digits.len()]).unwrap_or_else(|_| HeaderValue::from_static("1n"))
 }
 
 #[cfg(test)]

@@ -38,6 +38,7 @@ mod rest;
 mod routing;
 pub mod server;
 mod status;
+mod telemetry;
 pub mod tls;
 mod transcode;
 mod upstream;

@@ -31,20 +31,14 @@ impl LocalService {
     /// Wraps a tonic server (or any tower service speaking gRPC over HTTP) named `name`.
     pub(crate) fn new<S, B>(name: &str, service: S) -> Self
     where
-        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: tower::Service<Request<Body>, Response = Response<B>, Error = Infallible> + Clone + Send + Sync + 'static,
         S::Future: Send + 'static,
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
         Self {
             name: Arc::from(name),
-            service: BoxCloneSyncService::new(
-                service.map_response(|response| response.map(Body::new)),
-            ),
+            service: BoxCloneSyncService::new(service.map_response(|response| response.map(Body::new))),
         }
     }
 
@@ -54,11 +48,7 @@ impl LocalService {
     }
 
     /// Calls the service, under the call's deadline (which it also receives as `grpc-timeout`).
-    pub(crate) async fn call(
-        &self,
-        mut request: Request<Body>,
-        options: CallOptions,
-    ) -> Response<Body> {
+    pub(crate) async fn call(&self, mut request: Request<Body>, options: CallOptions) -> Response<Body> {
         let deadline = options.deadline.map(|d| d.at);
         if let Some(at) = deadline {
             let remaining = at.saturating_duration_since(tokio::time::Instant::now());
@@ -72,11 +62,8 @@ impl LocalService {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(result) => result,
                 Err(_) => {
-                    return Status::new(
-                        Code::DeadlineExceeded,
-                        "deadline exceeded (in-process service)",
-                    )
-                    .to_grpc_response();
+                    return Status::new(Code::DeadlineExceeded, "deadline exceeded (in-process service)")
+                        .to_grpc_response();
                 }
             },
             None => call.await,

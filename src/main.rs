@@ -60,10 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -129,13 +126,7 @@ async fn serve(config: PathBuf) -> Result<(), String> {
     };
     let methods = gateway.descriptors().registry().len();
     tracing::info!(addr = %listener.local_addr().unwrap_or(listen), methods, "grpc-edge listening");
-    grpc_edge::serve(
-        gateway,
-        listener,
-        shutdown_signal(),
-        ServeOptions::default(),
-    )
-    .await;
+    grpc_edge::serve(gateway, listener, shutdown_signal(), ServeOptions::default()).await;
     if let Some((stop, task)) = admin {
         let _ = stop.send(());
         let _ = task.await;
@@ -146,10 +137,7 @@ async fn serve(config: PathBuf) -> Result<(), String> {
 
 fn check(config: PathBuf) -> Result<(), String> {
     let gateway = load(&config)?;
-    let certificates = grpc_edge::tls::certificate_report(
-        gateway.config(),
-        grpc_edge::tls::DEFAULT_EXPIRY_WARNING,
-    );
+    let certificates = grpc_edge::tls::certificate_report(gateway.config(), grpc_edge::tls::DEFAULT_EXPIRY_WARNING);
     if !certificates.errors.is_empty() {
         return Err(certificates.errors.join("\nerror: "));
     }
@@ -181,9 +169,7 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(term) => term,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");

@@ -14,31 +14,48 @@ use crate::gateway::{ConnInfo, Gateway};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::routing::RouteTarget;
 use crate::status::{Code, Status};
+use crate::telemetry::{self, Protocol};
 use crate::upstream::{CallOptions, Deadline, add_forwarded};
 
 /// Forwards one native gRPC call.
-pub(crate) async fn forward(
-    gateway: &Gateway,
-    mut request: Request<Body>,
-    conn: &ConnInfo,
-) -> Response<Body> {
+pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
     let received = Instant::now();
     let Some(target) = gateway.routes().resolve(request.uri().path()) else {
-        return unknown_method(request.uri().path()).to_grpc_response();
+        let status = unknown_method(request.uri().path());
+        telemetry::refused(
+            gateway,
+            Protocol::Grpc,
+            request.method(),
+            request.uri().path(),
+            conn,
+            &status,
+            200,
+        );
+        return status.to_grpc_response();
     };
     let options = match call_options(target, request.headers(), received) {
         Ok(options) => options,
-        Err(status) => return status.to_grpc_response(),
+        Err(status) => {
+            telemetry::refused(
+                gateway,
+                Protocol::Grpc,
+                request.method(),
+                request.uri().path(),
+                conn,
+                &status,
+                200,
+            );
+            return status.to_grpc_response();
+        }
     };
     if request.version() != http::Version::HTTP_2 {
         strip_connection_headers(request.headers_mut());
     }
-    add_forwarded(
-        request.headers_mut(),
-        conn.forwarded_for.as_ref(),
-        conn.scheme,
-    );
-    target.upstream.call(request, options).await
+    add_forwarded(request.headers_mut(), conn.forwarded_for.as_ref(), conn.scheme);
+    let (request, record) = telemetry::begin_forward(gateway, Protocol::Grpc, request, conn, options.streaming);
+    let mut response = target.upstream.call(request, options).await;
+    telemetry::watch_response(record, &mut response);
+    response
 }
 
 /// The deadline and idle timeout of a call: unary calls get the earlier of
@@ -58,22 +75,14 @@ pub(crate) fn call_options(
     };
     let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
     Ok(CallOptions {
-        deadline: deadline(
-            received,
-            client_timeout,
-            (!streaming).then_some(target.timeout),
-        ),
+        deadline: deadline(received, client_timeout, (!streaming).then_some(target.timeout)),
         idle_timeout: streaming.then_some(target.stream_idle_timeout),
         streaming,
     })
 }
 
 /// The earlier of the client's `grpc-timeout` and the route's timeout.
-fn deadline(
-    received: Instant,
-    client: Option<Duration>,
-    route: Option<Duration>,
-) -> Option<Deadline> {
+fn deadline(received: Instant, client: Option<Duration>, route: Option<Duration>) -> Option<Deadline> {
     match (client, route) {
         (Some(c), Some(r)) if r < c => Some(Deadline {
             at: received + r,
@@ -104,11 +113,7 @@ pub(crate) fn unknown_method(path: &str) -> Status {
 /// Removes headers that describe one HTTP/1.1 hop and must not travel upstream.
 pub(crate) fn strip_connection_headers(headers: &mut HeaderMap) {
     use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-    if let Some(listed) = headers
-        .get(CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-    {
+    if let Some(listed) = headers.get(CONNECTION).and_then(|v| v.to_str().ok()).map(str::to_owned) {
         for name in listed.split(',') {
             headers.remove(name.trim());
         }

@@ -28,31 +28,14 @@ pub fn route_lines(gateway: &Gateway) -> Vec<String> {
             )
         })
         .collect();
-    rows.extend(
-        gateway
-            .method_routes()
-            .into_iter()
-            .map(|(path, upstream, kind)| {
-                let method = path.trim_start_matches('/').to_string();
-                (
-                    "gRPC".to_string(),
-                    path,
-                    method,
-                    format!("{upstream}, {kind}"),
-                )
-            }),
-    );
-    let width =
-        |f: fn(&(String, String, String, String)) -> usize| rows.iter().map(f).max().unwrap_or(0);
-    let (w0, w1, w2) = (
-        width(|r| r.0.len()),
-        width(|r| r.1.len()),
-        width(|r| r.2.len()),
-    );
+    rows.extend(gateway.method_routes().into_iter().map(|(path, upstream, kind)| {
+        let method = path.trim_start_matches('/').to_string();
+        ("gRPC".to_string(), path, method, format!("{upstream}, {kind}"))
+    }));
+    let width = |f: fn(&(String, String, String, String)) -> usize| rows.iter().map(f).max().unwrap_or(0);
+    let (w0, w1, w2) = (width(|r| r.0.len()), width(|r| r.1.len()), width(|r| r.2.len()));
     rows.iter()
-        .map(|(verb, path, method, note)| {
-            format!("{verb:<w0$}  {path:<w1$}  →  {method:<w2$}  ({note})")
-        })
+        .map(|(verb, path, method, note)| format!("{verb:<w0$}  {path:<w1$}  →  {method:<w2$}  ({note})"))
         .collect()
 }
 
@@ -63,9 +46,7 @@ pub fn check_warnings(gateway: &Gateway) -> Vec<String> {
     for (i, route) in gateway.config().routes.iter().enumerate() {
         let unknown = match RouteMatch::parse(&route.matches) {
             Ok(RouteMatch::Service(service)) => !registry.has_service(&service),
-            Ok(RouteMatch::Method { service, method }) => {
-                registry.get(&format!("/{service}/{method}")).is_none()
-            }
+            Ok(RouteMatch::Method { service, method }) => registry.get(&format!("/{service}/{method}")).is_none(),
             _ => false,
         };
         if unknown {
@@ -78,16 +59,12 @@ pub fn check_warnings(gateway: &Gateway) -> Vec<String> {
     let mut unrouted: Vec<&str> = registry
         .methods()
         .into_iter()
-        .filter(|m| {
-            !m.service().starts_with("google.") && gateway.routes().resolve(&m.path).is_none()
-        })
+        .filter(|m| !m.service().starts_with("google.") && gateway.routes().resolve(&m.path).is_none())
         .map(|m| m.service())
         .collect();
     unrouted.dedup();
     for service in unrouted {
-        warnings.push(format!(
-            "service {service} has no route: its calls get UNIMPLEMENTED"
-        ));
+        warnings.push(format!("service {service} has no route: its calls get UNIMPLEMENTED"));
     }
     warnings
 }

@@ -24,11 +24,7 @@ pub(crate) enum Upstream {
 
 impl Upstream {
     /// Makes the call.
-    pub(crate) async fn call(
-        &self,
-        request: Request<Body>,
-        options: CallOptions,
-    ) -> Response<Body> {
+    pub(crate) async fn call(&self, request: Request<Body>, options: CallOptions) -> Response<Body> {
         match self {
             Upstream::Cluster(cluster) => cluster.call(request, options).await,
             Upstream::Local(service) => service.call(request, options).await,
@@ -77,9 +73,7 @@ impl RouteTable {
         let mut ordered = Vec::with_capacity(routes.len() + locals.len());
         let named_by_a_route = |service: &str| {
             routes.iter().any(|r| match RouteMatch::parse(&r.matches) {
-                Ok(RouteMatch::Service(s)) | Ok(RouteMatch::Method { service: s, .. }) => {
-                    s == service
-                }
+                Ok(RouteMatch::Service(s)) | Ok(RouteMatch::Method { service: s, .. }) => s == service,
                 _ => false,
             })
         };
@@ -91,22 +85,13 @@ impl RouteTable {
                 kind: None,
                 route: usize::MAX,
             };
-            ordered.push((
-                RouteMatch::Service(local.name().to_string()),
-                Arc::new(target),
-            ));
+            ordered.push((RouteMatch::Service(local.name().to_string()), Arc::new(target)));
         }
         for (i, route) in routes.iter().enumerate() {
-            let matcher =
-                RouteMatch::parse(&route.matches).map_err(|e| format!("routes[{i}].match: {e}"))?;
+            let matcher = RouteMatch::parse(&route.matches).map_err(|e| format!("routes[{i}].match: {e}"))?;
             let cluster = clusters
                 .get(&route.upstream)
-                .ok_or_else(|| {
-                    format!(
-                        "routes[{i}].upstream: no upstream named \"{}\"",
-                        route.upstream
-                    )
-                })?
+                .ok_or_else(|| format!("routes[{i}].upstream: no upstream named \"{}\"", route.upstream))?
                 .clone();
             let target = RouteTarget {
                 upstream: Upstream::Cluster(cluster),

@@ -117,8 +117,7 @@ impl Code {
     /// The `grpc-status` header value, without allocating.
     pub fn header_value(self) -> HeaderValue {
         const VALUES: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
+            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
         ];
         HeaderValue::from_static(VALUES[self as usize])
     }
@@ -128,9 +127,7 @@ impl Code {
         match self {
             Code::Ok => StatusCode::OK,
             Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-                StatusCode::BAD_REQUEST
-            }
+            Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             Code::NotFound => StatusCode::NOT_FOUND,
             Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
@@ -213,11 +210,7 @@ impl Status {
                 .ok()
                 .map(Bytes::from)
         });
-        Some(Status {
-            code,
-            message,
-            details,
-        })
+        Some(Status { code, message, details })
     }
 
     /// Writes `grpc-status` and `grpc-message` into a header map.
@@ -294,18 +287,9 @@ mod tests {
         for code in Code::ALL {
             assert_eq!(Code::from_header(&code.header_value()), code);
         }
-        assert_eq!(
-            Code::from_header(&HeaderValue::from_static("99")),
-            Code::Unknown
-        );
-        assert_eq!(
-            Code::from_header(&HeaderValue::from_static("x")),
-            Code::Unknown
-        );
-        assert_eq!(
-            Code::from_header(&HeaderValue::from_static("")),
-            Code::Unknown
-        );
+        assert_eq!(Code::from_header(&HeaderValue::from_static("99")), Code::Unknown);
+        assert_eq!(Code::from_header(&HeaderValue::from_static("x")), Code::Unknown);
+        assert_eq!(Code::from_header(&HeaderValue::from_static("")), Code::Unknown);
     }
 
     #[test]

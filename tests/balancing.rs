@@ -23,11 +23,7 @@ async fn three_backends(balancer: &str) -> (Vec<Backend>, GatewayHandle) {
 }
 
 /// Sends `total` unary calls over one client connection, `concurrency` at a time.
-async fn spread(
-    gateway: &GatewayHandle,
-    total: usize,
-    concurrency: usize,
-) -> HashMap<String, usize> {
+async fn spread(gateway: &GatewayHandle, total: usize, concurrency: usize) -> HashMap<String, usize> {
     let client = client(gateway.addr).await;
     let counts = Arc::new(std::sync::Mutex::new(HashMap::<String, usize>::new()));
     let next = Arc::new(AtomicUsize::new(0));
@@ -38,12 +34,7 @@ async fn spread(
         let next = next.clone();
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let served_by = client
-                    .unary(echo("x"))
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .served_by;
+                let served_by = client.unary(echo("x")).await.unwrap().into_inner().served_by;
                 *counts.lock().unwrap().entry(served_by).or_default() += 1;
             }
         }));
@@ -109,10 +100,7 @@ async fn a_killed_backend_costs_only_its_calls_in_flight() {
             .to_string();
         streams.push((served_by, stream.into_inner()));
     }
-    assert!(
-        streams.iter().any(|(b, _)| b == "b"),
-        "no stream landed on b"
-    );
+    assert!(streams.iter().any(|(b, _)| b == "b"), "no stream landed on b");
     for _ in 0..300 {
         client.unary(echo("before")).await.unwrap();
     }
@@ -148,12 +136,7 @@ async fn a_backend_that_refuses_connections_is_skipped_transparently() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let gateway = start_gateway(&config_yaml(
-        &[live.addr, dead],
-        "balancer: round_robin",
-        "",
-    ))
-    .await;
+    let gateway = start_gateway(&config_yaml(&[live.addr, dead], "balancer: round_robin", "")).await;
     let counts = spread(&gateway, 200, 4).await;
     assert_eq!(counts.get("a"), Some(&200), "{counts:?}");
 }
@@ -223,14 +206,8 @@ async fn a_small_max_concurrent_streams_opens_more_connections_up_to_the_cap() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let snapshot = gateway.gateway.upstream_snapshot();
     let connections = &snapshot[0].endpoints[0].connections;
-    assert!(
-        !connections.is_empty() && connections.len() <= 4,
-        "{connections:?}"
-    );
-    assert!(
-        connections.iter().all(|&streams| streams <= 10),
-        "{connections:?}"
-    );
+    assert!(!connections.is_empty() && connections.len() <= 4, "{connections:?}");
+    assert!(connections.iter().all(|&streams| streams <= 10), "{connections:?}");
     for call in calls {
         call.await.unwrap().unwrap();
     }

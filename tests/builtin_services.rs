@@ -27,18 +27,8 @@ async fn reflect(addr: std::net::SocketAddr, request: MessageRequest) -> Message
         host: String::new(),
         message_request: Some(request),
     }]);
-    let mut responses = client
-        .server_reflection_info(outbound)
-        .await
-        .unwrap()
-        .into_inner();
-    responses
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap()
+    let mut responses = client.server_reflection_info(outbound).await.unwrap().into_inner();
+    responses.next().await.unwrap().unwrap().message_response.unwrap()
 }
 
 #[tokio::test]
@@ -51,15 +41,8 @@ async fn reflection_lists_services_and_describes_a_method_without_proto_files() 
         panic!("not a list response")
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "testing.v1.Echo",
-        "testing.rest.v1.Rest",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    for expected in ["testing.v1.Echo", "testing.rest.v1.Rest", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{expected} missing from {names:?}");
     }
     let MessageResponse::FileDescriptorResponse(files) = reflect(
         gateway.addr,
@@ -70,19 +53,11 @@ async fn reflection_lists_services_and_describes_a_method_without_proto_files() 
         panic!("not a file response")
     };
     use prost::Message;
-    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
-        .unwrap();
+    let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice()).unwrap();
     assert_eq!(file.name(), "testing/v1/echo.proto");
     let unary = &file.service[0].method[0];
-    assert_eq!(
-        (unary.name(), unary.input_type()),
-        ("Unary", ".testing.v1.EchoRequest")
-    );
-    assert_eq!(
-        backend.calls(),
-        0,
-        "reflection is answered by the gateway itself"
-    );
+    assert_eq!((unary.name(), unary.input_type()), ("Unary", ".testing.v1.EchoRequest"));
+    assert_eq!(backend.calls(), 0, "reflection is answered by the gateway itself");
 }
 
 #[tokio::test]

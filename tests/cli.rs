@@ -29,14 +29,8 @@ fn check_accepts_the_default_config_and_prints_the_routes() {
     let (code, stdout, stderr) = grpc_edge(&["check", "--config", "config/gateway.yaml"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("config/gateway.yaml: OK"), "{stdout}");
-    assert!(
-        stdout.contains("/demo.v1.OrderService/GetOrder"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("→  demo.v1.OrderService/GetOrder"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("/demo.v1.OrderService/GetOrder"), "{stdout}");
+    assert!(stdout.contains("→  demo.v1.OrderService/GetOrder"), "{stdout}");
 }
 
 #[test]
@@ -44,20 +38,10 @@ fn routes_prints_every_method() {
     let (code, stdout, _) = grpc_edge(&["routes"]);
     assert_eq!(code, 0);
     // Six REST bindings (Chat has no annotation: POST /pkg.Service/Method) and six gRPC paths.
-    assert_eq!(
-        stdout.lines().filter(|l| l.starts_with("gRPC")).count(),
-        6,
-        "{stdout}"
-    );
-    assert_eq!(
-        stdout.lines().filter(|l| !l.starts_with("gRPC")).count(),
-        6,
-        "{stdout}"
-    );
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("gRPC")).count(), 6, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| !l.starts_with("gRPC")).count(), 6, "{stdout}");
     assert!(
-        stdout.contains(
-            "GET   /v1/{name=orders/*}:watch           →  demo.v1.OrderService/WatchOrder"
-        ),
+        stdout.contains("GET   /v1/{name=orders/*}:watch           →  demo.v1.OrderService/WatchOrder"),
         "{stdout}"
     );
 }
@@ -81,11 +65,7 @@ fn good(dir: &Path) -> String {
 #[test]
 fn every_kind_of_config_mistake_is_one_clear_line_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("garbage.binpb"),
-        b"listen: not a descriptor set",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("garbage.binpb"), b"listen: not a descriptor set").unwrap();
     std::fs::write(
         dir.path().join("broken.proto"),
         "syntax = \"proto3\";\nmessage M {\n  string a = ;\n}\n",

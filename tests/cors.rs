@@ -78,16 +78,8 @@ async fn preflights_from_an_allowed_origin_are_answered_by_the_gateway_for_any_p
             let reply = preflight(gateway.addr, transport, path, APP).await;
             assert_eq!(reply.status, 204, "{case}");
             assert!(reply.body.is_empty(), "{case}");
-            assert_eq!(
-                reply.header("access-control-allow-origin"),
-                Some(APP),
-                "{case}"
-            );
-            assert_eq!(
-                reply.header("access-control-allow-credentials"),
-                Some("true"),
-                "{case}"
-            );
+            assert_eq!(reply.header("access-control-allow-origin"), Some(APP), "{case}");
+            assert_eq!(reply.header("access-control-allow-credentials"), Some("true"), "{case}");
             assert_eq!(reply.header("access-control-max-age"), Some("90"), "{case}");
             assert_eq!(reply.header("vary"), Some("origin"), "{case}");
             let methods = list(&reply, "access-control-allow-methods");
@@ -117,27 +109,17 @@ async fn a_disallowed_origin_gets_no_cors_headers_and_its_preflight_is_not_forwa
         for origin in [EVIL, "https://app.example.com:8443", "null"] {
             let reply = preflight(gateway.addr, transport, UNARY, origin).await;
             assert_eq!(reply.status, 204, "{transport:?} {origin}");
-            assert!(
-                cors_headers(&reply.headers).is_empty(),
-                "{origin}: {reply:?}"
-            );
+            assert!(cors_headers(&reply.headers).is_empty(), "{origin}: {reply:?}");
         }
         // An actual call from it is served (the browser enforces CORS), without CORS headers.
         let mut client = WebClient::connect(gateway.addr, transport, WebEncoding::Binary).await;
         let reply = client.call(UNARY, &[("origin", EVIL)], &echo("x")).await;
         assert_eq!(reply.grpc_status().as_deref(), Some("0"));
         let names: Vec<_> = reply.headers.keys().map(|k| k.as_str()).collect();
-        assert!(
-            names.iter().all(|k| !k.starts_with("access-control-")),
-            "{names:?}"
-        );
+        assert!(names.iter().all(|k| !k.starts_with("access-control-")), "{names:?}");
         assert_eq!(reply.header("vary"), Some("origin"));
     }
-    assert_eq!(
-        backend.calls(),
-        2,
-        "only the two actual calls reached the backend"
-    );
+    assert_eq!(backend.calls(), 2, "only the two actual calls reached the backend");
 }
 
 #[tokio::test]
@@ -156,10 +138,7 @@ async fn answers_to_an_allowed_origin_expose_the_grpc_status_headers() {
         assert_eq!(unknown.grpc_status().as_deref(), Some("12"));
         for reply in [ok, unknown] {
             assert_eq!(reply.header("access-control-allow-origin"), Some(APP));
-            assert_eq!(
-                reply.header("access-control-allow-credentials"),
-                Some("true")
-            );
+            assert_eq!(reply.header("access-control-allow-credentials"), Some("true"));
             assert_eq!(reply.header("vary"), Some("origin"));
             let exposed: Vec<_> = reply
                 .header("access-control-expose-headers")
@@ -168,17 +147,9 @@ async fn answers_to_an_allowed_origin_expose_the_grpc_status_headers() {
                 .collect();
             assert_eq!(
                 exposed,
-                [
-                    "grpc-status",
-                    "grpc-message",
-                    "grpc-status-details-bin",
-                    "x-served-by"
-                ]
+                ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-served-by"]
             );
-            assert!(
-                reply.header("access-control-allow-methods").is_none(),
-                "preflight only"
-            );
+            assert!(reply.header("access-control-allow-methods").is_none(), "preflight only");
         }
     }
 }
@@ -190,22 +161,11 @@ async fn a_wildcard_allows_every_origin_with_a_star_and_no_credentials() {
         for origin in [APP, EVIL, "null"] {
             let reply = preflight(gateway.addr, transport, UNARY, origin).await;
             assert_eq!(reply.status, 204);
-            assert_eq!(
-                reply.header("access-control-allow-origin"),
-                Some("*"),
-                "{origin}"
-            );
+            assert_eq!(reply.header("access-control-allow-origin"), Some("*"), "{origin}");
             assert!(reply.header("access-control-allow-credentials").is_none());
-            assert_eq!(
-                reply.header("access-control-max-age"),
-                Some("600"),
-                "default max_age"
-            );
+            assert_eq!(reply.header("access-control-max-age"), Some("600"), "default max_age");
             let headers = list(&reply, "access-control-allow-headers");
-            assert!(
-                !headers.iter().any(|h| h == "x-request-id"),
-                "nothing configured"
-            );
+            assert!(!headers.iter().any(|h| h == "x-request-id"), "nothing configured");
         }
         let mut client = WebClient::connect(gateway.addr, transport, WebEncoding::Text).await;
         let reply = client.call(UNARY, &[("origin", EVIL)], &echo("x")).await;
@@ -223,17 +183,9 @@ async fn a_wildcard_allows_every_origin_with_a_star_and_no_credentials() {
 async fn options_without_a_request_method_is_not_a_preflight() {
     let (_backend, gateway) = gateway_with(EXACT).await;
     let mut conn = HttpConn::connect(gateway.addr, Transport::Http1).await;
-    let request = conn.request(
-        "OPTIONS",
-        "/v1/echo/hello",
-        &[("origin", APP)],
-        full_body(Bytes::new()),
-    );
+    let request = conn.request("OPTIONS", "/v1/echo/hello", &[("origin", APP)], full_body(Bytes::new()));
     let reply = conn.exchange(request).await;
-    assert_ne!(
-        reply.status, 204,
-        "dispatched as an ordinary request: {reply:?}"
-    );
+    assert_ne!(reply.status, 204, "dispatched as an ordinary request: {reply:?}");
     assert!(reply.header("access-control-allow-methods").is_none());
     assert_eq!(
         reply.header("access-control-allow-origin"),
@@ -267,8 +219,6 @@ fn a_bad_header_name_in_the_cors_section_is_refused_at_start_up() {
         "  allow_origins: [\"https://app.example.com\"]\n  expose_headers: [\"bad header\"]\n",
     );
     let config = grpc_edge::config::Config::from_yaml(&yaml).unwrap();
-    let error = grpc_edge::Gateway::from_config(config)
-        .unwrap_err()
-        .to_string();
+    let error = grpc_edge::Gateway::from_config(config).unwrap_err().to_string();
     assert!(error.contains("cors.expose_headers[0]"), "{error}");
 }

@@ -28,14 +28,9 @@ fn check(path: &Path, actual: &[u8]) {
 /// every option kept (prost's own types would drop `google.api.http`).
 fn descriptor_set(files: &[&str], source_info: bool) -> (prost_types::FileDescriptorSet, Vec<u8>) {
     let mut compiler = protox::Compiler::new([root().join("proto")]).unwrap();
-    compiler
-        .include_imports(true)
-        .include_source_info(source_info);
+    compiler.include_imports(true).include_source_info(source_info);
     compiler.open_files(files).unwrap();
-    (
-        compiler.file_descriptor_set(),
-        compiler.encode_file_descriptor_set(),
-    )
+    (compiler.file_descriptor_set(), compiler.encode_file_descriptor_set())
 }
 
 fn generate_rust(fds: prost_types::FileDescriptorSet, package: &str, out: &Path) {
@@ -74,20 +69,13 @@ fn builtin_descriptors_match_proto_sources() {
 fn demo_descriptors_and_code_match_proto_sources() {
     let fds = descriptor_set(&["demo/v1/orders.proto"], true);
     check(&root().join("descriptors/demo.binpb"), &fds.1);
-    generate_rust(
-        fds.0,
-        "demo.v1",
-        &root().join("src/demo/generated/demo.v1.rs"),
-    );
+    generate_rust(fds.0, "demo.v1", &root().join("src/demo/generated/demo.v1.rs"));
 }
 
 #[test]
 fn testing_descriptors_and_code_match_proto_sources() {
     // The REST test service is served by a raw echo backend and needs no Rust code.
-    let all = descriptor_set(
-        &["testing/v1/echo.proto", "testing/rest/v1/rest.proto"],
-        true,
-    );
+    let all = descriptor_set(&["testing/v1/echo.proto", "testing/rest/v1/rest.proto"], true);
     check(&root().join("descriptors/testing.binpb"), &all.1);
     let echo = descriptor_set(&["testing/v1/echo.proto"], true);
     generate_rust(

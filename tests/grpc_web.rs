@@ -38,11 +38,7 @@ async fn one_backend() -> (Backend, GatewayHandle) {
 }
 
 fn trailer<'a>(reply: &'a WebReply, name: &str) -> Option<&'a str> {
-    reply
-        .trailers
-        .as_ref()?
-        .get(name)
-        .map(|v| v.to_str().unwrap())
+    reply.trailers.as_ref()?.get(name).map(|v| v.to_str().unwrap())
 }
 
 #[tokio::test]
@@ -56,47 +52,20 @@ async fn unary_calls_work_in_every_encoding_over_both_transports() {
             let headers = [("x-request-id", "abc-123"), ("x-trace-bin", "AAH/")];
             let reply = client.call(UNARY, &headers, &echo("hello")).await;
             assert_eq!(reply.status, 200, "{case}");
-            assert_eq!(
-                reply.header("content-type"),
-                Some(encoding.content_type()),
-                "{case}"
-            );
-            assert_eq!(
-                reply.header("x-served-by"),
-                Some("b1"),
-                "{case}: response metadata"
-            );
-            assert_eq!(
-                reply.grpc_status().as_deref(),
-                Some("0"),
-                "{case} round {round}"
-            );
-            assert!(
-                reply.trailers.is_some(),
-                "{case}: status in the trailer frame"
-            );
+            assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
+            assert_eq!(reply.header("x-served-by"), Some("b1"), "{case}: response metadata");
+            assert_eq!(reply.grpc_status().as_deref(), Some("0"), "{case} round {round}");
+            assert!(reply.trailers.is_some(), "{case}: status in the trailer frame");
             let responses = reply.responses();
             assert_eq!(responses.len(), 1, "{case}");
             let metadata = &responses[0].metadata;
             assert_eq!(metadata["x-request-id"], "abc-123", "{case}");
-            assert_eq!(
-                metadata["x-trace-bin"], "AAH/",
-                "{case}: binary metadata unchanged"
-            );
+            assert_eq!(metadata["x-trace-bin"], "AAH/", "{case}: binary metadata unchanged");
             assert_eq!(metadata["x-user-agent"], "grpc-web-rust-test/0.1", "{case}");
             assert_eq!(metadata["x-forwarded-for"], "127.0.0.1", "{case}");
             assert_eq!(metadata["x-forwarded-proto"], "http", "{case}");
-            for gone in [
-                "x-grpc-web",
-                "accept",
-                "content-length",
-                "host",
-                "connection",
-            ] {
-                assert!(
-                    !metadata.contains_key(gone),
-                    "{case}: {gone} reached the backend"
-                );
+            for gone in ["x-grpc-web", "accept", "content-length", "host", "connection"] {
+                assert!(!metadata.contains_key(gone), "{case}: {gone} reached the backend");
             }
         }
     }
@@ -144,10 +113,7 @@ async fn stream_messages_arrive_as_they_are_sent_and_each_text_chunk_is_valid_ba
             first < Duration::from_millis(700),
             "{case}: first message after {first:?}"
         );
-        assert!(
-            all >= Duration::from_millis(850),
-            "{case}: whole stream took {all:?}"
-        );
+        assert!(all >= Duration::from_millis(850), "{case}: whole stream took {all:?}");
         assert_eq!(reply.messages.len(), 2, "{case}: the other two");
         assert_eq!(reply.grpc_status().as_deref(), Some("0"), "{case}");
         if encoding == WebEncoding::Text {
@@ -196,17 +162,10 @@ async fn trailers_only_answers_stay_trailers_only() {
         ] {
             assert_eq!(reply.status, 200, "{case}");
             assert!(reply.is_trailers_only(), "{case}: {reply:?}");
-            assert!(
-                reply.chunks.iter().all(|c| c.is_empty()),
-                "{case}: empty body"
-            );
+            assert!(reply.chunks.iter().all(|c| c.is_empty()), "{case}: empty body");
             assert_eq!(reply.header("grpc-status"), Some("5"), "{case}");
             assert_eq!(reply.header("x-failed-by"), Some("b1"), "{case}");
-            assert_eq!(
-                reply.header("content-type"),
-                Some(encoding.content_type()),
-                "{case}"
-            );
+            assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
         }
     }
 }
@@ -218,10 +177,7 @@ async fn accept_text_selects_a_text_answer_to_a_binary_request() {
         let mut client = WebClient::connect(gateway.addr, transport, WebEncoding::Binary).await;
         let accept = [("accept", "application/grpc-web-text")];
         let reply = client.call(UNARY, &accept, &echo("t")).await;
-        assert_eq!(
-            reply.header("content-type"),
-            Some("application/grpc-web-text+proto")
-        );
+        assert_eq!(reply.header("content-type"), Some("application/grpc-web-text+proto"));
         assert_eq!(reply.responses()[0].message, "t", "{transport:?}");
         assert_eq!(reply.grpc_status().as_deref(), Some("0"));
     }
@@ -257,11 +213,7 @@ async fn a_text_body_split_anywhere_with_padding_mid_stream_is_decoded() {
         let mut client = WebClient::connect(gateway.addr, transport, WebEncoding::Text).await;
         let body = chunked_body(pieces.clone(), Duration::from_millis(3));
         let reply = client.start_raw(UNARY, &[], body).await.finish().await;
-        assert_eq!(
-            reply.grpc_status().as_deref(),
-            Some("0"),
-            "{transport:?}: {reply:?}"
-        );
+        assert_eq!(reply.grpc_status().as_deref(), Some("0"), "{transport:?}: {reply:?}");
         let response = &reply.responses()[0];
         assert_eq!(response.message, "split");
     }
@@ -297,31 +249,15 @@ async fn deadlines_end_calls_with_deadline_exceeded() {
         };
         let reply = client.call(UNARY, &[("grpc-timeout", "100m")], &slow).await;
         let took = started.elapsed();
-        assert_eq!(
-            reply.grpc_status().as_deref(),
-            Some("4"),
-            "{case}: {reply:?}"
-        );
-        assert!(
-            reply.grpc_message().contains("client's grpc-timeout"),
-            "{case}"
-        );
-        assert_eq!(
-            reply.header("content-type"),
-            Some(encoding.content_type()),
-            "{case}"
-        );
+        assert_eq!(reply.grpc_status().as_deref(), Some("4"), "{case}: {reply:?}");
+        assert!(reply.grpc_message().contains("client's grpc-timeout"), "{case}");
+        assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
         assert!(took < Duration::from_millis(600), "{case}: took {took:?}");
         let seen = backend.seen.last_grpc_timeout.lock().unwrap().clone();
         assert!(seen.is_some(), "{case}: the deadline travelled upstream");
-        let bad = client
-            .call(UNARY, &[("grpc-timeout", "soon")], &echo("x"))
-            .await;
+        let bad = client.call(UNARY, &[("grpc-timeout", "soon")], &echo("x")).await;
         assert_eq!(bad.grpc_status().as_deref(), Some("3"), "{case}");
-        assert!(
-            bad.grpc_message().contains("malformed grpc-timeout"),
-            "{case}"
-        );
+        assert!(bad.grpc_message().contains("malformed grpc-timeout"), "{case}");
     }
 }
 
@@ -338,30 +274,16 @@ async fn gateway_made_errors_are_grpc_web_answers() {
         assert!(reply.is_trailers_only(), "{case}");
         assert_eq!(reply.grpc_status().as_deref(), Some("12"), "{case}");
         assert!(
-            reply
-                .grpc_message()
-                .contains("unknown service nope.v1.Missing"),
+            reply.grpc_message().contains("unknown service nope.v1.Missing"),
             "{case}"
         );
-        assert_eq!(
-            reply.header("content-type"),
-            Some(encoding.content_type()),
-            "{case}"
-        );
+        assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
 
         let mut client = WebClient::connect(nowhere.addr, transport, encoding).await;
         let reply = client.unary(echo("x")).await;
         assert!(reply.is_trailers_only(), "{case}");
-        assert_eq!(
-            reply.grpc_status().as_deref(),
-            Some("14"),
-            "{case}: {reply:?}"
-        );
-        assert_eq!(
-            reply.header("content-type"),
-            Some(encoding.content_type()),
-            "{case}"
-        );
+        assert_eq!(reply.grpc_status().as_deref(), Some("14"), "{case}: {reply:?}");
+        assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
     }
     assert_eq!(backend.calls(), 0);
 }
@@ -378,17 +300,8 @@ async fn a_non_grpc_upstream_answer_reaches_the_client_as_grpc_web() {
             assert_eq!(reply.status, 200, "{case}");
             assert!(reply.is_trailers_only(), "{case}");
             assert_eq!(reply.grpc_status().as_deref(), Some(grpc_status), "{case}");
-            assert!(
-                reply
-                    .grpc_message()
-                    .contains(&format!("HTTP {http_status}")),
-                "{case}"
-            );
-            assert_eq!(
-                reply.header("content-type"),
-                Some(encoding.content_type()),
-                "{case}"
-            );
+            assert!(reply.grpc_message().contains(&format!("HTTP {http_status}")), "{case}");
+            assert_eq!(reply.header("content-type"), Some(encoding.content_type()), "{case}");
         }
     }
 }

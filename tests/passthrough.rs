@@ -34,10 +34,7 @@ async fn unary_carries_metadata_both_ways() {
     assert_eq!(body.metadata["x-request-id"], "abc-123");
     assert_eq!(body.metadata["x-forwarded-proto"], "http");
     assert_eq!(body.metadata["x-forwarded-for"], "127.0.0.1");
-    assert_eq!(
-        body.metadata["x-trace-bin"], "AAH/",
-        "binary metadata passes unchanged"
-    );
+    assert_eq!(body.metadata["x-trace-bin"], "AAH/", "binary metadata passes unchanged");
 }
 
 #[tokio::test]
@@ -68,18 +65,9 @@ async fn server_streaming_delivers_every_message_then_the_trailers() {
         .await
         .unwrap();
     assert_eq!(response.metadata().get("x-served-by").unwrap(), "b1");
-    let messages: Vec<_> = response
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let messages: Vec<_> = response.into_inner().collect::<Result<Vec<_>, _>>().await.unwrap();
     assert_eq!(messages.len(), 50);
-    assert!(
-        messages
-            .iter()
-            .enumerate()
-            .all(|(i, m)| m.sequence == i as u32)
-    );
+    assert!(messages.iter().enumerate().all(|(i, m)| m.sequence == i as u32));
 }
 
 #[tokio::test]
@@ -142,13 +130,7 @@ async fn unknown_service_and_method_get_unimplemented_trailers_only() {
     let (backend, gateway) = one_backend().await;
     let frame = grpc_frame(&echo("x"));
     let headers = [("content-type", "application/grpc"), ("te", "trailers")];
-    let response = raw_h2_call(
-        gateway.addr,
-        "/nope.v1.Missing/Call",
-        &headers,
-        frame.clone(),
-    )
-    .await;
+    let response = raw_h2_call(gateway.addr, "/nope.v1.Missing/Call", &headers, frame.clone()).await;
     assert_eq!(response.status, 200);
     assert!(
         response.trailers.is_none(),
@@ -156,9 +138,7 @@ async fn unknown_service_and_method_get_unimplemented_trailers_only() {
     );
     assert_eq!(response.grpc_status().as_deref(), Some("12"));
     assert!(
-        response
-            .grpc_message()
-            .contains("unknown service nope.v1.Missing"),
+        response.grpc_message().contains("unknown service nope.v1.Missing"),
         "{}",
         response.grpc_message()
     );
@@ -174,25 +154,13 @@ async fn malformed_paths_and_timeouts_are_clear_errors() {
     let (backend, gateway) = one_backend().await;
     let frame = grpc_frame(&echo("x"));
     let grpc = [("content-type", "application/grpc")];
-    for path in [
-        "/",
-        "/testing.v1.Echo",
-        "/testing.v1.Echo/",
-        "/a/b/c",
-        "/%00/x",
-    ] {
+    for path in ["/", "/testing.v1.Echo", "/testing.v1.Echo/", "/a/b/c", "/%00/x"] {
         let response = raw_h2_call(gateway.addr, path, &grpc, frame.clone()).await;
         assert_eq!(response.grpc_status().as_deref(), Some("12"), "{path}");
     }
     for bad in ["abc", "100", "123456789m", "1x", "-5m"] {
         let headers = [("content-type", "application/grpc"), ("grpc-timeout", bad)];
-        let response = raw_h2_call(
-            gateway.addr,
-            "/testing.v1.Echo/Unary",
-            &headers,
-            frame.clone(),
-        )
-        .await;
+        let response = raw_h2_call(gateway.addr, "/testing.v1.Echo/Unary", &headers, frame.clone()).await;
         assert_eq!(response.grpc_status().as_deref(), Some("3"), "{bad}");
         assert!(
             response.grpc_message().contains("malformed grpc-timeout"),
@@ -233,13 +201,7 @@ async fn client_deadline_ends_a_slow_call_and_travels_upstream_reduced() {
         took >= Duration::from_millis(95) && took < Duration::from_millis(400),
         "took {took:?}"
     );
-    let seen = backend
-        .seen
-        .last_grpc_timeout
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
+    let seen = backend.seen.last_grpc_timeout.lock().unwrap().clone().unwrap();
     let upstream = grpc_timeout_of(&seen);
     assert!(
         upstream <= Duration::from_millis(100) && upstream > Duration::from_millis(50),
@@ -261,24 +223,11 @@ async fn route_timeout_applies_to_unary_calls_without_a_client_deadline() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-    assert!(
-        status.message().contains("route's timeout"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("route's timeout"), "{}", status.message());
     assert!(started.elapsed() < Duration::from_millis(800));
     // The route timeout is also what the backend is told.
-    let seen = backend
-        .seen
-        .last_grpc_timeout
-        .lock()
-        .unwrap()
-        .clone()
-        .unwrap();
-    assert!(
-        grpc_timeout_of(&seen) <= Duration::from_millis(200),
-        "{seen}"
-    );
+    let seen = backend.seen.last_grpc_timeout.lock().unwrap().clone().unwrap();
+    assert!(grpc_timeout_of(&seen) <= Duration::from_millis(200), "{seen}");
 }
 
 #[tokio::test]
@@ -317,11 +266,7 @@ async fn streams_have_no_overall_timeout_only_an_idle_one() {
         .into_inner();
     let status = stream.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-    assert!(
-        status.message().contains("stream_idle_timeout"),
-        "{}",
-        status.message()
-    );
+    assert!(status.message().contains("stream_idle_timeout"), "{}", status.message());
 }
 
 fn grpc_timeout_of(value: &str) -> Duration {

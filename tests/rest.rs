@@ -80,13 +80,7 @@ async fn every_http_rule_form_reaches_its_method() {
             "CreateThing",
             json!({"parent": "shelves/s1", "thing": {"title": "new"}}),
         ),
-        (
-            "DELETE",
-            "/v1/things/5",
-            "",
-            "DeleteThing",
-            json!({"id": "5"}),
-        ),
+        ("DELETE", "/v1/things/5", "", "DeleteThing", json!({"id": "5"})),
         (
             "GET",
             "/v1/files/a/b/c.txt",
@@ -101,20 +95,8 @@ async fn every_http_rule_form_reaches_its_method() {
             "GetFile",
             json!({"path": "a%2Fb/c d"}),
         ),
-        (
-            "GET",
-            "/v1/things/a%20b%2Fc",
-            "",
-            "GetThing",
-            json!({"id": "a b/c"}),
-        ),
-        (
-            "POST",
-            "/v1/things/7:archive",
-            "{}",
-            "ArchiveThing",
-            json!({"id": "7"}),
-        ),
+        ("GET", "/v1/things/a%20b%2Fc", "", "GetThing", json!({"id": "a b/c"})),
+        ("POST", "/v1/things/7:archive", "{}", "ArchiveThing", json!({"id": "7"})),
         ("LOCK", "/v1/things/3", "", "LockThing", json!({"id": "3"})),
         (
             "POST",
@@ -239,11 +221,7 @@ async fn bad_query_parameters_are_400_with_the_field_named() {
         ("i32=12x", "i32", "expected a 32-bit integer"),
         ("u32=-1", "u32", "expected an unsigned 32-bit integer"),
         ("text=a&text=b", "text", "given 2 times"),
-        (
-            "color=PURPLE",
-            "color",
-            "not a value of testing.rest.v1.Color",
-        ),
+        ("color=PURPLE", "color", "not a value of testing.rest.v1.Color"),
         ("raw=%%%", "", "invalid percent-encoding"),
         ("raw=!!", "raw", "base64"),
         ("when=yesterday", "when", "RFC 3339"),
@@ -260,16 +238,9 @@ async fn bad_query_parameters_are_400_with_the_field_named() {
         let body = response.json();
         assert_eq!(body["code"], 3);
         let detail = &body["details"][0];
-        assert_eq!(
-            detail["@type"], "type.googleapis.com/google.rpc.BadRequest",
-            "{body}"
-        );
+        assert_eq!(detail["@type"], "type.googleapis.com/google.rpc.BadRequest", "{body}");
         let violation = &detail["fieldViolations"][0];
-        assert_eq!(
-            violation["field"].as_str().unwrap_or(""),
-            field,
-            "{query}: {body}"
-        );
+        assert_eq!(violation["field"].as_str().unwrap_or(""), field, "{query}: {body}");
         assert!(
             violation["description"].as_str().unwrap().contains(why),
             "{query}: {body}"
@@ -315,7 +286,8 @@ async fn every_well_known_type_round_trips_through_the_body() {
 
 #[tokio::test]
 async fn print_options_apply() {
-    let (_backend, gw) = setup_with("transcoding:\n  json: {use_proto_names: true, emit_unpopulated: true, enums_as_ints: true}").await;
+    let (_backend, gw) =
+        setup_with("transcoding:\n  json: {use_proto_names: true, emit_unpopulated: true, enums_as_ints: true}").await;
     let response = post_json(gw.addr, "/v1/types", r#"{"color": "GREEN", "wI32": 3}"#).await;
     let body = response.json();
     assert_eq!(body["color"], 2);
@@ -356,10 +328,7 @@ async fn bad_bodies_are_400_with_the_field_path() {
         let json = response.json();
         let violation = &json["details"][0]["fieldViolations"][0];
         assert_eq!(violation["field"].as_str().unwrap_or(""), field, "{json}");
-        assert!(
-            violation["description"].as_str().unwrap().contains(why),
-            "{json}"
-        );
+        assert!(violation["description"].as_str().unwrap().contains(why), "{json}");
     }
     // Deep nesting inside a recursive message type as well.
     let deep = format!(
@@ -386,14 +355,7 @@ async fn oversized_bodies_are_413_and_wrong_content_types_415() {
     let response = post_json(gw.addr, "/v1/types", &big).await;
     assert_eq!(response.status, 413, "{}", response.text());
     assert_eq!(response.json()["code"], 8);
-    let response = request(
-        gw.addr,
-        "POST",
-        "/v1/types",
-        &[("content-type", "text/plain")],
-        "{}",
-    )
-    .await;
+    let response = request(gw.addr, "POST", "/v1/types", &[("content-type", "text/plain")], "{}").await;
     assert_eq!(response.status, 415);
     assert!(
         response.json()["message"]
@@ -488,11 +450,7 @@ async fn headers_become_metadata_and_metadata_comes_back_as_headers() {
     assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["x-forwarded-proto"], "http");
     assert_eq!(seen["content-type"], "application/grpc");
-    assert!(
-        seen.get("x-hop").is_none()
-            && seen.get("connection").is_none()
-            && seen.get("host").is_none()
-    );
+    assert!(seen.get("x-hop").is_none() && seen.get("connection").is_none() && seen.get("host").is_none());
     assert_eq!(response.header("x-served-by"), Some("raw"));
     assert_eq!(
         response.header("x-trailer-note"),
@@ -525,14 +483,7 @@ async fn every_grpc_code_maps_to_its_http_status_with_a_status_body() {
     ];
     for (code, http) in table {
         let code_text = code.to_string();
-        let response = request(
-            gw.addr,
-            "GET",
-            "/v1/things/1",
-            &[("x-fail", &code_text)],
-            Bytes::new(),
-        )
-        .await;
+        let response = request(gw.addr, "GET", "/v1/things/1", &[("x-fail", &code_text)], Bytes::new()).await;
         assert_eq!(response.status.as_u16(), http, "code {code}");
         assert_eq!(
             response.json(),
@@ -610,14 +561,7 @@ async fn a_stream_failure_after_the_first_message_is_a_last_error_line() {
         json!({"error": {"code": 14, "message": "requested failure", "details": []}})
     );
     // Failing before any message gets a real error status instead.
-    let response = request(
-        gw.addr,
-        "GET",
-        "/v1/things/1:watch",
-        &[("x-fail", "5")],
-        Bytes::new(),
-    )
-    .await;
+    let response = request(gw.addr, "GET", "/v1/things/1:watch", &[("x-fail", "5")], Bytes::new()).await;
     assert_eq!(response.status, 404);
     assert_eq!(response.json()["code"], 5);
 }
@@ -657,12 +601,7 @@ async fn client_streams_take_ndjson_or_a_json_array() {
         assert_eq!(response.json(), json!({"tags": ["a", "b"], "title": "t"}));
         assert_eq!(backend.last().messages.len(), 2, "sent as two messages");
     }
-    let response = post_json(
-        gw.addr,
-        "/v1/things:collect",
-        "{\"tags\":[\"a\"]}\n{\"bogus\":1}\n",
-    )
-    .await;
+    let response = post_json(gw.addr, "/v1/things:collect", "{\"tags\":[\"a\"]}\n{\"bogus\":1}\n").await;
     assert_eq!(response.status, 400, "{}", response.text());
     assert!(
         response.text().contains("message 1 of the stream"),
@@ -716,14 +655,7 @@ async fn grpc_timeout_header_is_honoured() {
 #[tokio::test]
 async fn non_grpc_upstream_answers_map_to_codes() {
     let (_backend, gw) = setup().await;
-    let response = request(
-        gw.addr,
-        "GET",
-        "/v1/things/1",
-        &[("x-reply-http", "503")],
-        Bytes::new(),
-    )
-    .await;
+    let response = request(gw.addr, "GET", "/v1/things/1", &[("x-reply-http", "503")], Bytes::new()).await;
     assert_eq!(response.status, 503);
     assert_eq!(response.json()["code"], 14);
 }

@@ -84,11 +84,10 @@ impl Config {
     /// Reads, parses, resolves and validates a configuration file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigErrors> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read the configuration: {e}")).in_file(path)
-        })?;
-        let mut config = Self::from_yaml(&text)
-            .map_err(|e| ConfigErrors(e.0.into_iter().map(|e| e.in_file(path)).collect()))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read the configuration: {e}")).in_file(path))?;
+        let mut config =
+            Self::from_yaml(&text).map_err(|e| ConfigErrors(e.0.into_iter().map(|e| e.in_file(path)).collect()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         Ok(config)
@@ -126,10 +125,7 @@ impl Config {
         }
         for upstream in self.upstreams.values_mut() {
             if let Some(tls) = &mut upstream.tls {
-                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
-                    .into_iter()
-                    .flatten()
-                {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key].into_iter().flatten() {
                     resolve(p);
                 }
             }
@@ -164,9 +160,7 @@ fn parse_yaml(text: &str) -> Result<Config, ConfigError> {
         let raw = e.without_snippet().to_string();
         // The parser prefixes "error: line L column C: "; the location is kept separately.
         let message = match raw.strip_prefix("error: ") {
-            Some(rest) if rest.starts_with("line ") => {
-                rest.split_once(": ").map_or(rest, |(_, m)| m).to_string()
-            }
+            Some(rest) if rest.starts_with("line ") => rest.split_once(": ").map_or(rest, |(_, m)| m).to_string(),
             _ => raw,
         };
         let mut error = ConfigError::new(key, rewrite_message(strip_location(&message)));
@@ -197,11 +191,7 @@ fn rewrite_message(message: &str) -> String {
         if let Some(body) = message.strip_prefix(prefix)
             && let Some((got, expected)) = body.split_once(", expected ")
         {
-            return format!(
-                "expected {}, got {}",
-                friendly_expected(expected),
-                friendly_got(got)
-            );
+            return format!("expected {}, got {}", friendly_expected(expected), friendly_got(got));
         }
     }
     if let Some(body) = message.strip_prefix("unknown field `")
@@ -276,10 +266,7 @@ fn friendly_got(got: &str) -> String {
 }
 
 /// The closest known name to `wrong`, if it is close enough to be a typo.
-pub(crate) fn did_you_mean<'a>(
-    wrong: &str,
-    known: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub(crate) fn did_you_mean<'a>(wrong: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     known
         .into_iter()
         .map(|k| (edit_distance(wrong, k), k))

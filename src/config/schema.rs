@@ -36,6 +36,61 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Routes from gRPC services to upstreams; the first match wins.
     pub routes: Vec<Route>,
+    /// Access logs and tracing (metrics need no configuration: see `admin`).
+    #[serde(default)]
+    pub observability: Observability,
+}
+
+/// Access logs and distributed tracing.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Observability {
+    /// One structured line per call.
+    pub access_log: AccessLog,
+    /// W3C trace context and OTLP export.
+    pub tracing: Tracing,
+}
+
+/// Access log settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// Log calls at all (target `grpc_edge::access`, level INFO).
+    pub enabled: bool,
+    /// Share of successful calls logged, 0.0–1.0; failed calls are always logged.
+    pub sample_successes: f64,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_successes: 1.0,
+        }
+    }
+}
+
+/// Tracing settings. Trace context is always propagated; spans are exported
+/// only when `otlp_endpoint` is set.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tracing {
+    /// OTLP/HTTP collector base URL, e.g. `http://otel-collector:4318`; empty: no export.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces (started here) that are sampled, 0.0–1.0; a client's sampling decision is kept.
+    pub sample_ratio: f64,
+}
+
+impl Default for Tracing {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "grpc-edge".into(),
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// Listener TLS settings.
@@ -564,12 +619,10 @@ impl RouteMatch {
         let text = text.strip_prefix('/').unwrap_or(text);
         match text.split_once('/') {
             None if is_qualified_name(text) => Ok(Self::Service(text.to_string())),
-            Some((service, method)) if is_qualified_name(service) && is_identifier(method) => {
-                Ok(Self::Method {
-                    service: service.to_string(),
-                    method: method.to_string(),
-                })
-            }
+            Some((service, method)) if is_qualified_name(service) && is_identifier(method) => Ok(Self::Method {
+                service: service.to_string(),
+                method: method.to_string(),
+            }),
             _ => Err(expected()),
         }
     }
@@ -590,10 +643,7 @@ impl RouteMatch {
         match self {
             Self::Any => true,
             Self::Service(s) => s == service,
-            Self::Method {
-                service: s,
-                method: m,
-            } => s == service && m == method,
+            Self::Method { service: s, method: m } => s == service && m == method,
         }
     }
 }

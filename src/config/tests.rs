@@ -31,10 +31,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(library.outlier_detection.consecutive_failures, 5);
     assert_eq!(library.retry.max_replay_buffer, ByteSize::kib(64));
     assert_eq!(config.routes[0].timeout, Duration::from_secs(15));
-    assert_eq!(
-        config.routes[0].stream_idle_timeout,
-        Duration::from_secs(300)
-    );
+    assert_eq!(config.routes[0].stream_idle_timeout, Duration::from_secs(300));
     assert_eq!(config.transcoding.max_request_body, ByteSize::mib(4));
     assert!(config.transcoding.reject_unknown_fields);
     assert!(config.cors.is_none() && config.admin.is_none() && config.tls.is_none());
@@ -51,9 +48,10 @@ fn type_errors_name_the_key_and_what_was_expected() {
         "upstreams.library.pool.max_streams_per_connection: expected a positive integer, got \"ten\" (line 8, column 7)"
     );
     let yaml = yaml.replace("connection: ten", "connection: 0");
-    assert!(error_for(&yaml).starts_with(
-        "upstreams.library.pool.max_streams_per_connection: expected a positive integer, got 0"
-    ));
+    assert!(
+        error_for(&yaml)
+            .starts_with("upstreams.library.pool.max_streams_per_connection: expected a positive integer, got 0")
+    );
 }
 
 #[test]
@@ -65,18 +63,9 @@ fn unknown_keys_are_errors_with_a_suggestion() {
         error_for(&yaml)
     );
     let yaml = MINIMAL.replace("    endpoints:", "    endpionts: [\"x:1\"]\n    endpoints:");
-    assert!(
-        error_for(&yaml)
-            .starts_with("upstreams.library.endpionts: unknown key (did you mean \"endpoints\"?)")
-    );
-    let yaml = MINIMAL.replace(
-        "descriptors: []",
-        "descriptors: [{proto: a.proto, inclde: [x]}]",
-    );
-    assert!(
-        error_for(&yaml)
-            .starts_with("descriptors[0].inclde: unknown key (did you mean \"include\"?)")
-    );
+    assert!(error_for(&yaml).starts_with("upstreams.library.endpionts: unknown key (did you mean \"endpoints\"?)"));
+    let yaml = MINIMAL.replace("descriptors: []", "descriptors: [{proto: a.proto, inclde: [x]}]");
+    assert!(error_for(&yaml).starts_with("descriptors[0].inclde: unknown key (did you mean \"include\"?)"));
 }
 
 #[test]
@@ -145,10 +134,7 @@ fn bad_values_are_explained() {
 
 #[test]
 fn duplicate_keys_and_syntax_errors_give_a_line() {
-    let yaml = MINIMAL.replace(
-        "routes:",
-        "upstreams:\n  other: {endpoints: [\"a:1\"]}\nroutes:",
-    );
+    let yaml = MINIMAL.replace("routes:", "upstreams:\n  other: {endpoints: [\"a:1\"]}\nroutes:");
     assert!(
         error_for(&yaml).contains("is defined twice (line"),
         "{}",
@@ -166,8 +152,7 @@ fn shadowed_routes_are_reported() {
     );
     let error = error_for(&yaml);
     assert!(
-        error
-            .contains("routes[1].match: \"library.v1.Library/GetBook\" can never match: routes[0]"),
+        error.contains("routes[1].match: \"library.v1.Library/GetBook\" can never match: routes[0]"),
         "{error}"
     );
 }
@@ -212,14 +197,7 @@ fn route_matchers() {
     assert!(any.covers(&service) && service.covers(&method) && !method.covers(&service));
     assert!(service.matches("pkg.Svc", "Other") && !service.matches("pkg.Svc2", "Get"));
     assert!(method.matches("pkg.Svc", "Get") && !method.matches("pkg.Svc", "Put"));
-    for bad in [
-        "",
-        "pkg..Svc",
-        "pkg.Svc/",
-        "pkg.Svc/Get/x",
-        "1pkg.Svc",
-        "pkg Svc",
-    ] {
+    for bad in ["", "pkg..Svc", "pkg.Svc/", "pkg.Svc/Get/x", "1pkg.Svc", "pkg Svc"] {
         assert!(RouteMatch::parse(bad).is_err(), "{bad:?}");
     }
 }
@@ -229,12 +207,10 @@ fn hostile_yaml_is_an_error_not_a_hang() {
     // A billion-laughs style alias bomb and deep nesting must fail fast.
     let mut bomb = String::from("a: &a [x,x,x,x,x,x,x,x,x]\n");
     for i in 0..20 {
-        let prev = if i == 0 {
-            "a".to_string()
-        } else {
-            format!("l{}", i - 1)
-        };
-        bomb.push_str(&format!("l{i}: &l{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"));
+        let prev = if i == 0 { "a".to_string() } else { format!("l{}", i - 1) };
+        bomb.push_str(&format!(
+            "l{i}: &l{i} [*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev},*{prev}]\n"
+        ));
     }
     assert!(Config::from_yaml(&bomb).is_err());
     let deep = "[".repeat(100_000);

@@ -120,9 +120,7 @@ const SIZE_EXPECTED: &str = "a size such as 65536, 512KiB, 4MiB or 1GiB";
 /// Parses `65536`, `512KiB`, `4MiB`, `1GiB`, `100B`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number.parse().ok()?;
     let multiplier: u64 = match unit.trim() {
@@ -196,11 +194,7 @@ mod tests {
             ("1h", 3_600_000),
             ("0s", 0),
         ] {
-            assert_eq!(
-                parse_duration(text),
-                Some(StdDuration::from_millis(ms)),
-                "{text}"
-            );
+            assert_eq!(parse_duration(text), Some(StdDuration::from_millis(ms)), "{text}");
         }
         assert_eq!(Duration::from_millis(250).to_string(), "250ms");
         assert_eq!(Duration::from_secs(300).to_string(), "5m");

@@ -7,15 +7,36 @@ use super::{Config, ConfigError, RouteMatch, Upstream, did_you_mean};
 pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     if config.upstreams.is_empty() {
-        errors.push(ConfigError::new(
-            "upstreams",
-            "at least one upstream is required",
-        ));
+        errors.push(ConfigError::new("upstreams", "at least one upstream is required"));
     }
     for (name, upstream) in &config.upstreams {
         validate_upstream(&format!("upstreams.{name}"), upstream, &mut errors);
     }
     validate_routes(config, &mut errors);
+    for (key, value) in [
+        (
+            "observability.access_log.sample_successes",
+            config.observability.access_log.sample_successes,
+        ),
+        (
+            "observability.tracing.sample_ratio",
+            config.observability.tracing.sample_ratio,
+        ),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            errors.push(ConfigError::new(
+                key,
+                format!("expected a share from 0.0 to 1.0, got {value}"),
+            ));
+        }
+    }
+    let endpoint = &config.observability.tracing.otlp_endpoint;
+    if !endpoint.is_empty() && !endpoint.starts_with("http://") {
+        errors.push(ConfigError::new(
+            "observability.tracing.otlp_endpoint",
+            format!("expected an http:// URL of an OTLP/HTTP collector, got \"{endpoint}\""),
+        ));
+    }
     if let Some(cors) = &config.cors {
         if cors.allow_origins.is_empty() {
             errors.push(ConfigError::new(
@@ -46,10 +67,7 @@ pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
 
 fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigError>) {
     match (&upstream.dns, upstream.endpoints.is_empty()) {
-        (Some(_), false) => errors.push(ConfigError::new(
-            key,
-            "set either endpoints or dns, not both",
-        )),
+        (Some(_), false) => errors.push(ConfigError::new(key, "set either endpoints or dns, not both")),
         (None, true) => errors.push(ConfigError::new(
             format!("{key}.endpoints"),
             "list at least one endpoint (host:port), or set dns",
@@ -77,15 +95,9 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
         ("dns_refresh", upstream.dns_refresh),
         ("pool.max_connection_age", upstream.pool.max_connection_age),
         ("pool.idle_timeout", upstream.pool.idle_timeout),
-        (
-            "http2.keepalive_interval",
-            upstream.http2.keepalive_interval,
-        ),
+        ("http2.keepalive_interval", upstream.http2.keepalive_interval),
         ("http2.keepalive_timeout", upstream.http2.keepalive_timeout),
-        (
-            "outlier_detection.interval",
-            upstream.outlier_detection.interval,
-        ),
+        ("outlier_detection.interval", upstream.outlier_detection.interval),
         (
             "outlier_detection.base_ejection_time",
             upstream.outlier_detection.base_ejection_time,
@@ -101,10 +113,7 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
         }
     }
     let windows = [
-        (
-            "http2.initial_stream_window",
-            upstream.http2.initial_stream_window,
-        ),
+        ("http2.initial_stream_window", upstream.http2.initial_stream_window),
         (
             "http2.initial_connection_window",
             upstream.http2.initial_connection_window,
@@ -151,10 +160,7 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
     if upstream.retry.backoff.max < upstream.retry.backoff.base {
         errors.push(ConfigError::new(
             format!("{key}.retry.backoff.max"),
-            format!(
-                "must not be shorter than base ({})",
-                upstream.retry.backoff.base
-            ),
+            format!("must not be shorter than base ({})", upstream.retry.backoff.base),
         ));
     }
     if let Some(hc) = &upstream.health_check
@@ -177,18 +183,13 @@ fn validate_upstream(key: &str, upstream: &Upstream, errors: &mut Vec<ConfigErro
 
 /// Checks `host:port` (IPv6 in brackets) and returns why it is not.
 fn check_host_port(text: &str) -> Result<(), String> {
-    let bad = || {
-        format!(
-            "expected host:port such as 127.0.0.1:50051 or svc.ns.svc.cluster.local:50051, got \"{text}\""
-        )
-    };
+    let bad =
+        || format!("expected host:port such as 127.0.0.1:50051 or svc.ns.svc.cluster.local:50051, got \"{text}\"");
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
         return Err(bad());
     }
-    if host.starts_with('[') != host.ends_with(']')
-        || (host.contains(':') && !host.starts_with('['))
-    {
+    if host.starts_with('[') != host.ends_with(']') || (host.contains(':') && !host.starts_with('[')) {
         return Err(bad());
     }
     Ok(())
@@ -218,9 +219,7 @@ fn validate_routes(config: &Config, errors: &mut Vec<ConfigError>) {
         }
         if !config.upstreams.contains_key(&route.upstream) {
             let mut message = format!("no upstream named \"{}\"", route.upstream);
-            if let Some(best) =
-                did_you_mean(&route.upstream, config.upstreams.keys().map(String::as_str))
-            {
+            if let Some(best) = did_you_mean(&route.upstream, config.upstreams.keys().map(String::as_str)) {
                 message.push_str(&format!(" (did you mean \"{best}\"?)"));
             }
             errors.push(ConfigError::new(format!("{key}.upstream"), message));

@@ -32,10 +32,7 @@ use crate::gateway::{BuildError, Gateway};
 pub const REPLICAS: [&str; 3] = ["replica-a", "replica-b", "replica-c"];
 
 /// The gateway configuration the demo runs: three endpoints, one route.
-pub fn demo_config(
-    listen: SocketAddr,
-    backends: &[SocketAddr],
-) -> Result<Config, crate::config::ConfigErrors> {
+pub fn demo_config(listen: SocketAddr, backends: &[SocketAddr]) -> Result<Config, crate::config::ConfigErrors> {
     let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     let yaml = format!(
         "listen: {listen}\ndescriptors: []\nupstreams:\n  orders:\n    endpoints: [{}]\nroutes:\n  - match: demo.v1.OrderService\n    upstream: orders\n",
@@ -52,10 +49,7 @@ pub fn demo_gateway(config: Config) -> Result<Gateway, BuildError> {
 }
 
 /// Runs the demo until `shutdown` resolves: replicas, gateway, and a printed guide.
-pub async fn run(
-    listen: SocketAddr,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), BuildError> {
+pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output = ()>) -> Result<(), BuildError> {
     let mut backends = Vec::new();
     for name in REPLICAS {
         let backend = Backend::spawn(SocketAddr::from(([127, 0, 0, 1], 0)), name)
@@ -99,26 +93,18 @@ pub async fn run(
     println!(
         "  curl -s -X POST {base}/v1/orders -H 'Content-Type: application/json' -d '{{\"item\":\"mug\",\"quantity\":2}}'"
     );
-    println!(
-        "  curl -sN {base}/v1/orders/1:watch                                # NDJSON, one line per event"
-    );
-    println!(
-        "  curl -sN -H 'Accept: text/event-stream' {base}/v1/orders/1:watch  # server-sent events"
-    );
+    println!("  curl -sN {base}/v1/orders/1:watch                                # NDJSON, one line per event");
+    println!("  curl -sN -H 'Accept: text/event-stream' {base}/v1/orders/1:watch  # server-sent events");
     println!(
         "  curl -s -i {base}/v1/orders/404                                   # an error: HTTP 404 + google.rpc.Status"
     );
     println!("\nTry native gRPC (grpcurl reads the .proto from this repository):");
     let proto = "-import-path proto -proto demo/v1/orders.proto";
-    println!(
-        "  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\"}}' {bound} demo.v1.OrderService/GetOrder"
-    );
+    println!("  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\"}}' {bound} demo.v1.OrderService/GetOrder");
     println!(
         "  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\",\"interval_ms\":300}}' {bound} demo.v1.OrderService/WatchOrder"
     );
-    println!(
-        "  grpcurl -plaintext {proto} -H 'x-demo-fail: 14' -d '{{}}' {bound} demo.v1.OrderService/GetOrder"
-    );
+    println!("  grpcurl -plaintext {proto} -H 'x-demo-fail: 14' -d '{{}}' {bound} demo.v1.OrderService/GetOrder");
     println!(
         "  grpcurl -plaintext {proto} -H 'grpc-timeout: 100m' -H 'x-demo-delay-ms: 500' -d '{{}}' {bound} demo.v1.OrderService/GetOrder"
     );

@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::order_service_server::{OrderService, OrderServiceServer};
 use super::pb::{
-    ChatMessage, CreateOrderRequest, GetOrderRequest, ImportOrdersResponse, ListOrdersRequest,
-    ListOrdersResponse, Order, OrderEvent, OrderState, WatchOrderRequest,
+    ChatMessage, CreateOrderRequest, GetOrderRequest, ImportOrdersResponse, ListOrdersRequest, ListOrdersResponse,
+    Order, OrderEvent, OrderState, WatchOrderRequest,
 };
 
 /// An in-memory order book that signs every answer with its replica name.
@@ -57,30 +57,20 @@ impl OrderDesk {
     }
 
     fn orders(&self) -> Result<std::sync::MutexGuard<'_, BTreeMap<String, Order>>, Status> {
-        self.orders
-            .lock()
-            .map_err(|_| Status::internal("order book poisoned"))
+        self.orders.lock().map_err(|_| Status::internal("order book poisoned"))
     }
 }
 
 /// Applies `x-demo-delay-ms` and `x-demo-fail` from request metadata.
 async fn faults(metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-    let get = |key: &str| {
-        metadata
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let get = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if let Some(ms) = get("x-demo-delay-ms").and_then(|v| v.parse::<u64>().ok()) {
         tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
     }
     if let Some(code) = get("x-demo-fail").and_then(|v| v.parse::<i32>().ok())
         && code != 0
     {
-        return Err(Status::new(
-            tonic::Code::from(code),
-            "failure requested by x-demo-fail",
-        ));
+        return Err(Status::new(tonic::Code::from(code), "failure requested by x-demo-fail"));
     }
     Ok(())
 }
@@ -90,10 +80,7 @@ type ChatStream = Pin<Box<dyn Stream<Item = Result<ChatMessage, Status>> + Send>
 
 #[tonic::async_trait]
 impl OrderService for OrderDesk {
-    async fn get_order(
-        &self,
-        request: Request<GetOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
         faults(request.metadata()).await?;
         let name = &request.get_ref().name;
         let mut order = self
@@ -105,10 +92,7 @@ impl OrderService for OrderDesk {
         Ok(Response::new(order))
     }
 
-    async fn list_orders(
-        &self,
-        request: Request<ListOrdersRequest>,
-    ) -> Result<Response<ListOrdersResponse>, Status> {
+    async fn list_orders(&self, request: Request<ListOrdersRequest>) -> Result<Response<ListOrdersResponse>, Status> {
         faults(request.metadata()).await?;
         let wanted = request.get_ref().state;
         let limit = match request.get_ref().page_size {
@@ -128,10 +112,7 @@ impl OrderService for OrderDesk {
         }))
     }
 
-    async fn create_order(
-        &self,
-        request: Request<CreateOrderRequest>,
-    ) -> Result<Response<Order>, Status> {
+    async fn create_order(&self, request: Request<CreateOrderRequest>) -> Result<Response<Order>, Status> {
         faults(request.metadata()).await?;
         let mut order = request.into_inner().order.unwrap_or_default();
         if order.item.trim().is_empty() {
@@ -149,10 +130,7 @@ impl OrderService for OrderDesk {
 
     type WatchOrderStream = EventStream;
 
-    async fn watch_order(
-        &self,
-        request: Request<WatchOrderRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    async fn watch_order(&self, request: Request<WatchOrderRequest>) -> Result<Response<EventStream>, Status> {
         faults(request.metadata()).await?;
         let request = request.into_inner();
         let interval = Duration::from_millis(match request.interval_ms {
@@ -205,10 +183,7 @@ impl OrderService for OrderDesk {
 
     type ChatStream = ChatStream;
 
-    async fn chat(
-        &self,
-        request: Request<Streaming<ChatMessage>>,
-    ) -> Result<Response<ChatStream>, Status> {
+    async fn chat(&self, request: Request<Streaming<ChatMessage>>) -> Result<Response<ChatStream>, Status> {
         faults(request.metadata()).await?;
         let replica = self.replica.clone();
         let stream = request.into_inner().map(move |message| {
@@ -236,12 +211,9 @@ impl Backend {
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tonic::transport::Server::builder()
             .add_service(OrderDesk::new(replica).into_server())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
-                async {
-                    let _ = stopped.await;
-                },
-            );
+            .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                let _ = stopped.await;
+            });
         let task = tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::warn!(error = %e, "demo backend stopped with an error");

@@ -71,14 +71,10 @@ impl Default for PoolBuilder {
 impl PoolBuilder {
     /// A builder holding the built-in google.api / google.rpc / well-known types.
     pub fn new() -> Self {
-        let mut builder = Self {
-            files: BTreeMap::new(),
-        };
+        let mut builder = Self { files: BTreeMap::new() };
         // The built-in set is generated from proto/ and checked by a test; if it
         // were ever unreadable the gateway would still work without it.
-        if let Err(e) =
-            builder.add_encoded_set(Bytes::from_static(BUILTIN), "built-in descriptors", true)
-        {
+        if let Err(e) = builder.add_encoded_set(Bytes::from_static(BUILTIN), "built-in descriptors", true) {
             tracing::error!(error = %e, "built-in descriptors are unreadable");
         }
         builder
@@ -90,8 +86,8 @@ impl PoolBuilder {
             match source {
                 DescriptorSource::Set(path) => {
                     let name = format!("descriptors[{i}] ({})", path.display());
-                    let bytes = std::fs::read(path)
-                        .map_err(|e| DescriptorError::new(&name, format!("cannot read: {e}")))?;
+                    let bytes =
+                        std::fs::read(path).map_err(|e| DescriptorError::new(&name, format!("cannot read: {e}")))?;
                     self.add_encoded_set(Bytes::from(bytes), &name, false)?;
                 }
                 DescriptorSource::Proto { proto, include } => {
@@ -137,21 +133,12 @@ impl PoolBuilder {
     }
 
     /// Adds every file of an existing pool.
-    pub fn add_pool(
-        &mut self,
-        pool: &DescriptorPool,
-        source_name: &str,
-    ) -> Result<(), DescriptorError> {
+    pub fn add_pool(&mut self, pool: &DescriptorPool, source_name: &str) -> Result<(), DescriptorError> {
         let encoded = Bytes::from(pool.encode_to_vec());
         self.add_encoded_set(encoded, source_name, false)
     }
 
-    fn add_encoded_set(
-        &mut self,
-        set: Bytes,
-        source_name: &str,
-        builtin: bool,
-    ) -> Result<(), DescriptorError> {
+    fn add_encoded_set(&mut self, set: Bytes, source_name: &str, builtin: bool) -> Result<(), DescriptorError> {
         let files = split_file_descriptor_set(set).map_err(|why| {
             DescriptorError::new(
                 source_name,
@@ -413,10 +400,7 @@ fn describe_protox_error(error: &protox::Error, includes: &[PathBuf]) -> String 
     let Some(file) = error.file() else {
         return message;
     };
-    let located = includes
-        .iter()
-        .map(|dir| dir.join(file))
-        .find(|p| p.exists());
+    let located = includes.iter().map(|dir| dir.join(file)).find(|p| p.exists());
     let position = match (&located, error_span(error)) {
         (Some(path), Some(offset)) => std::fs::read_to_string(path)
             .ok()
@@ -443,10 +427,7 @@ mod miette_like {
         let offset = offset.min(text.len());
         let before = &text[..text.floor_char_boundary(offset)];
         let line = before.matches('\n').count() + 1;
-        let column = before
-            .rfind('\n')
-            .map_or(before.len(), |i| before.len() - i - 1)
-            + 1;
+        let column = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
         (line, column)
     }
 }
@@ -469,8 +450,8 @@ struct BuiltinResolver;
 
 impl protox::file::FileResolver for BuiltinResolver {
     fn open_file(&self, name: &str) -> Result<protox::file::File, protox::Error> {
-        let files = split_file_descriptor_set(Bytes::from_static(BUILTIN))
-            .map_err(|_| protox::Error::file_not_found(name))?;
+        let files =
+            split_file_descriptor_set(Bytes::from_static(BUILTIN)).map_err(|_| protox::Error::file_not_found(name))?;
         for encoded in files {
             if let Ok(file) = FileDescriptorProto::decode(encoded)
                 && file.name() == name

@@ -82,11 +82,7 @@ impl Registry {
             .services()
             .flat_map(|service| service.methods().collect::<Vec<_>>())
             .map(|descriptor| {
-                let path = format!(
-                    "/{}/{}",
-                    descriptor.parent_service().full_name(),
-                    descriptor.name()
-                );
+                let path = format!("/{}/{}", descriptor.parent_service().full_name(), descriptor.name());
                 let info = MethodInfo {
                     path: path.clone(),
                     kind: CallKind::of(&descriptor),

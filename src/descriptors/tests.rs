@@ -25,21 +25,12 @@ fn descriptor_set_keeps_http_annotations_and_registers_methods() {
     let mut builder = PoolBuilder::new();
     builder.add_file_descriptor_set(demo_set(), "demo").unwrap();
     let descriptors = builder.build().unwrap();
-    let get = descriptors
-        .registry()
-        .get("/demo.v1.OrderService/GetOrder")
-        .unwrap();
+    let get = descriptors.registry().get("/demo.v1.OrderService/GetOrder").unwrap();
     assert_eq!(get.kind, CallKind::Unary);
     assert_eq!(get.service(), "demo.v1.OrderService");
-    let http = descriptors
-        .pool()
-        .get_extension_by_name("google.api.http")
-        .unwrap();
+    let http = descriptors.pool().get_extension_by_name("google.api.http").unwrap();
     let options = get.descriptor.options();
-    assert!(
-        options.has_extension(&http),
-        "google.api.http option lost in the merge"
-    );
+    assert!(options.has_extension(&http), "google.api.http option lost in the merge");
     let kinds: Vec<_> = ["WatchOrder", "ImportOrders", "Chat"]
         .iter()
         .map(|m| {
@@ -80,12 +71,7 @@ fn proto_sources_compile_without_protoc() {
         )
         .unwrap();
     let descriptors = builder.build().unwrap();
-    assert!(
-        descriptors
-            .registry()
-            .get("/demo.v1.OrderService/Chat")
-            .is_some()
-    );
+    assert!(descriptors.registry().get("/demo.v1.OrderService/Chat").is_some());
 }
 
 #[test]
@@ -98,18 +84,11 @@ fn proto_importing_google_api_needs_no_vendored_copy() {
     .unwrap();
     let mut builder = PoolBuilder::new();
     builder
-        .add_proto_file(
-            &dir.path().join("svc.proto"),
-            &[dir.path().to_path_buf()],
-            "svc",
-        )
+        .add_proto_file(&dir.path().join("svc.proto"), &[dir.path().to_path_buf()], "svc")
         .unwrap();
     let descriptors = builder.build().unwrap();
     let method = descriptors.registry().get("/x.v1.S/Get").unwrap();
-    let http = descriptors
-        .pool()
-        .get_extension_by_name("google.api.http")
-        .unwrap();
+    let http = descriptors.pool().get_extension_by_name("google.api.http").unwrap();
     assert!(method.descriptor.options().has_extension(&http));
 }
 
@@ -144,11 +123,7 @@ fn missing_import_is_named() {
     .unwrap();
     let mut builder = PoolBuilder::new();
     let err = builder
-        .add_proto_file(
-            &dir.path().join("a.proto"),
-            &[dir.path().to_path_buf()],
-            "a",
-        )
+        .add_proto_file(&dir.path().join("a.proto"), &[dir.path().to_path_buf()], "a")
         .unwrap_err()
         .to_string();
     assert!(err.contains("nowhere/b.proto"), "{err}");
@@ -166,11 +141,7 @@ fn garbage_is_not_a_descriptor_set() {
         let err = builder
             .add_file_descriptor_set(Bytes::copy_from_slice(garbage), "x.binpb")
             .unwrap_err();
-        assert!(
-            err.to_string()
-                .starts_with("x.binpb: not a FileDescriptorSet"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("x.binpb: not a FileDescriptorSet"), "{err}");
     }
 }
 
@@ -188,9 +159,7 @@ fn conflicting_definitions_name_both_sources() {
         Bytes::from(compiler.encode_file_descriptor_set())
     };
     let mut builder = PoolBuilder::new();
-    builder
-        .add_file_descriptor_set(one("a"), "first.binpb")
-        .unwrap();
+    builder.add_file_descriptor_set(one("a"), "first.binpb").unwrap();
     let err = builder
         .add_file_descriptor_set(one("b"), "second.binpb")
         .unwrap_err()
@@ -223,10 +192,7 @@ fn one_symbol_in_two_files_names_both() {
         .unwrap();
     let err = builder.build().unwrap_err().to_string();
     assert!(err.contains("\"p.M\" is defined in"), "{err}");
-    assert!(
-        err.contains("first.binpb") && err.contains("second.binpb"),
-        "{err}"
-    );
+    assert!(err.contains("first.binpb") && err.contains("second.binpb"), "{err}");
 }
 
 #[test]
@@ -247,9 +213,6 @@ fn users_copy_of_a_builtin_file_wins() {
         )
         .unwrap();
     let pool = builder.build().unwrap();
-    let status = pool
-        .pool()
-        .get_message_by_name("google.rpc.Status")
-        .unwrap();
+    let status = pool.pool().get_message_by_name("google.rpc.Status").unwrap();
     assert!(status.get_field_by_name("extra").is_some());
 }

@@ -116,9 +116,7 @@ impl RequestBody {
         tracing::debug!(%error, "gRPC-Web request body refused");
         self.progress = Progress::Done;
         let mut status = error.status();
-        if let (Decoding::Text(_), RequestError::Frame(_) | RequestError::Flags { .. }) =
-            (&self.decoding, &error)
-        {
+        if let (Decoding::Text(_), RequestError::Frame(_) | RequestError::Flags { .. }) = (&self.decoding, &error) {
             status.message.push_str(" (offsets count decoded bytes)");
         }
         self.fault.set(status);
@@ -130,10 +128,7 @@ impl http_body::Body for RequestBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.progress == Progress::Done {
@@ -165,8 +160,7 @@ impl http_body::Body for RequestBody {
             Decoding::Binary => true,
             Decoding::Text(decoder) => decoder.is_idle(),
         };
-        self.progress == Progress::Done
-            || (self.inner.is_end_stream() && idle && self.scanner.at_clean_end())
+        self.progress == Progress::Done || (self.inner.is_end_stream() && idle && self.scanner.at_clean_end())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -215,10 +209,7 @@ impl http_body::Body for ResponseBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.progress == Progress::Done {
@@ -234,17 +225,11 @@ impl http_body::Body for ResponseBody {
                     },
                 },
                 Some(Err(error)) => {
-                    let status = Status::new(
-                        Code::Unavailable,
-                        format!("upstream response failed: {error}"),
-                    );
+                    let status = Status::new(Code::Unavailable, format!("upstream response failed: {error}"));
                     return this.end(status.to_trailers());
                 }
                 None => {
-                    let status = Status::new(
-                        Code::Internal,
-                        "upstream response ended without a grpc-status",
-                    );
+                    let status = Status::new(Code::Internal, "upstream response ended without a grpc-status");
                     return this.end(status.to_trailers());
                 }
             }
@@ -321,23 +306,15 @@ mod tests {
     async fn a_text_request_is_decoded_as_it_streams() {
         let inner = chunks(&[b"AAAAAA", b"Vo", b"ZWxsbw", b"==AAAA", b"AAA="]);
         let fault = Fault::default();
-        let (out, trailers, error) =
-            drain(RequestBody::new(inner, Encoding::Text, 16, fault.clone())).await;
+        let (out, trailers, error) = drain(RequestBody::new(inner, Encoding::Text, 16, fault.clone())).await;
         assert!(error.is_none() && trailers.is_none() && fault.get().is_none());
-        assert_eq!(
-            out.concat(),
-            b"\x00\x00\x00\x00\x05hello\x00\x00\x00\x00\x00"
-        );
+        assert_eq!(out.concat(), b"\x00\x00\x00\x00\x05hello\x00\x00\x00\x00\x00");
     }
 
     #[tokio::test]
     async fn a_malformed_request_fails_the_body_and_records_the_fault() {
         for (encoding, pieces, code) in [
-            (
-                Encoding::Text,
-                &[&b"AAAA"[..], b"A?AA"][..],
-                Code::InvalidArgument,
-            ),
+            (Encoding::Text, &[&b"AAAA"[..], b"A?AA"][..], Code::InvalidArgument),
             (
                 Encoding::Binary,
                 &[&b"\x00\x00\x00\x00\x09abc"[..]][..],
@@ -359,10 +336,7 @@ mod tests {
     }
 
     fn upstream(data: &[&'static [u8]], trailers: Option<HeaderMap>) -> Body {
-        Body::from_chunks(
-            data.iter().map(|d| Bytes::from_static(d)).collect(),
-            trailers,
-        )
+        Body::from_chunks(data.iter().map(|d| Bytes::from_static(d)).collect(), trailers)
     }
 
     #[tokio::test]
@@ -372,10 +346,7 @@ mod tests {
         let inner = Body::from_chunks(vec![data.clone()], Some(trailers));
         let body = ResponseBody::new(inner, Encoding::Binary, Fault::default());
         let (out, http_trailers, error) = drain(body).await;
-        assert!(
-            error.is_none() && http_trailers.is_none(),
-            "trailers go in the body"
-        );
+        assert!(error.is_none() && http_trailers.is_none(), "trailers go in the body");
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].as_ptr(), data.as_ptr(), "not copied");
         assert_eq!(&out[1][..], b"\x80\x00\x00\x00\x0fgrpc-status:0\r\n");
@@ -394,16 +365,8 @@ mod tests {
         let fault = Fault::default();
         fault.set(Status::new(Code::InvalidArgument, "bad"));
         let ok = Some(Status::new(Code::Ok, "").to_trailers());
-        let (out, _, _) = drain(ResponseBody::new(
-            upstream(&[], ok),
-            Encoding::Binary,
-            fault,
-        ))
-        .await;
-        assert_eq!(
-            &out[0][HEADER_LEN..],
-            b"grpc-status:3\r\ngrpc-message:bad\r\n"
-        );
+        let (out, _, _) = drain(ResponseBody::new(upstream(&[], ok), Encoding::Binary, fault)).await;
+        assert_eq!(&out[0][HEADER_LEN..], b"grpc-status:3\r\ngrpc-message:bad\r\n");
 
         let (out, _, _) = drain(ResponseBody::new(
             upstream(&[b"\x00\x00\x00\x00\x00"], None),

@@ -54,10 +54,7 @@ impl RequestError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Position {
     /// Inside a frame header, `have` of its 5 bytes seen.
-    Header {
-        have: usize,
-        bytes: [u8; HEADER_LEN],
-    },
+    Header { have: usize, bytes: [u8; HEADER_LEN] },
     /// Inside a message of `len` bytes, `remaining` still to come.
     Message { len: u32, remaining: u32 },
 }
@@ -144,10 +141,7 @@ impl FrameScanner {
                 bytes: [0; HEADER_LEN],
             });
         }
-        Ok(Position::Message {
-            len,
-            remaining: len,
-        })
+        Ok(Position::Message { len, remaining: len })
     }
 
     fn next_frame(&mut self) {
@@ -220,8 +214,7 @@ pub(crate) fn decode_trailers(block: &[u8]) -> Result<HeaderMap, String> {
             .iter()
             .position(|&b| b == b':')
             .ok_or_else(|| format!("trailer line without a colon: {line:?}"))?;
-        let name = http::HeaderName::from_bytes(&line[..colon].to_ascii_lowercase())
-            .map_err(|e| e.to_string())?;
+        let name = http::HeaderName::from_bytes(&line[..colon].to_ascii_lowercase()).map_err(|e| e.to_string())?;
         let value = line[colon + 1..].trim_ascii_start();
         let value = http::HeaderValue::from_bytes(value).map_err(|e| e.to_string())?;
         trailers.append(name, value);
@@ -234,8 +227,7 @@ mod tests {
     use super::*;
 
     /// Three frames: a message, an empty message, a compressed message.
-    const STREAM: &[u8] =
-        b"\x00\x00\x00\x00\x05hello\x00\x00\x00\x00\x00\x01\x00\x00\x00\x06world!";
+    const STREAM: &[u8] = b"\x00\x00\x00\x00\x05hello\x00\x00\x00\x00\x00\x01\x00\x00\x00\x06world!";
 
     fn scan_parts(parts: &[&[u8]], limit: usize) -> Result<(), RequestError> {
         let mut scanner = FrameScanner::new(limit);
@@ -292,10 +284,7 @@ mod tests {
             }))
         );
         assert_eq!(
-            scan_parts(
-                &[b"\x00\x00\x00\x00\x01a", b"\x00\x00\x00\x00\x04", b"ab"],
-                16
-            ),
+            scan_parts(&[b"\x00\x00\x00\x00\x01a", b"\x00\x00\x00\x00\x04", b"ab"], 16),
             Err(RequestError::Frame(FrameError::Truncated {
                 have: 7,
                 need: 9,
@@ -304,11 +293,7 @@ mod tests {
         );
         let status = scan_parts(&[b"\x00\x00"], 16).unwrap_err().status();
         assert_eq!(status.code, Code::InvalidArgument);
-        assert!(
-            status.message.contains("byte offset 0"),
-            "{}",
-            status.message
-        );
+        assert!(status.message.contains("byte offset 0"), "{}", status.message);
     }
 
     #[test]
@@ -328,11 +313,7 @@ mod tests {
         );
         let status = error.status();
         assert_eq!(status.code, Code::ResourceExhausted);
-        assert!(
-            status.message.contains("max_request_body"),
-            "{}",
-            status.message
-        );
+        assert!(status.message.contains("max_request_body"), "{}", status.message);
         // Exactly at the limit is fine; one more is not, and the offset names the frame.
         assert_eq!(scan_parts(&[b"\x00\x00\x00\x00\x02ab"], 2), Ok(()));
         assert_eq!(
@@ -350,10 +331,7 @@ mod tests {
         assert_eq!(scan_parts(&[b"\x01\x00\x00\x00\x00"], 16), Ok(()));
         for flags in [0x02u8, 0x80, 0xff] {
             let frame = [flags, 0, 0, 0, 0];
-            assert_eq!(
-                scan_parts(&[&frame], 16),
-                Err(RequestError::Flags { flags, offset: 0 })
-            );
+            assert_eq!(scan_parts(&[&frame], 16), Err(RequestError::Flags { flags, offset: 0 }));
         }
     }
 
@@ -387,10 +365,7 @@ mod tests {
         expected.extend_from_slice(lines);
         assert_eq!(&frame[..], &expected[..]);
         assert_eq!(decode_trailers(&frame[HEADER_LEN..]), Ok(map));
-        assert_eq!(
-            &encode_trailers(&HeaderMap::new())[..],
-            b"\x80\x00\x00\x00\x00"
-        );
+        assert_eq!(&encode_trailers(&HeaderMap::new())[..], b"\x80\x00\x00\x00\x00");
     }
 
     #[test]

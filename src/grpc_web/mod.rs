@@ -31,6 +31,7 @@ use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::passthrough::{call_options, strip_connection_headers, unknown_method};
 use crate::status::{GRPC_STATUS, Status};
+use crate::telemetry::{self, Protocol};
 use crate::upstream::add_forwarded;
 
 /// The gRPC-Web content type prefix; `-text` follows it for base64 bodies.
@@ -87,11 +88,7 @@ fn parse_content_type(value: &[u8]) -> Option<(Encoding, &[u8])> {
         Some(rest) => (Encoding::Text, rest),
         None => (Encoding::Binary, rest),
     };
-    let subtype = rest
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii_end();
+    let subtype = rest.split(|&b| b == b';').next().unwrap_or_default().trim_ascii_end();
     match subtype.first() {
         None | Some(b'+') => Some((encoding, subtype)),
         Some(_) => None,
@@ -137,15 +134,10 @@ fn http_error(status: StatusCode, message: String) -> Response<Body> {
 }
 
 /// Handles one gRPC-Web call.
-pub(crate) async fn handle(
-    gateway: &Gateway,
-    request: Request<Body>,
-    conn: &ConnInfo,
-) -> Response<Body> {
+pub(crate) async fn handle(gateway: &Gateway, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
     let received = Instant::now();
     let content_type = request.headers().get(CONTENT_TYPE);
-    let Some((encoding, subtype)) = content_type.and_then(|v| parse_content_type(v.as_bytes()))
-    else {
+    let Some((encoding, subtype)) = content_type.and_then(|v| parse_content_type(v.as_bytes())) else {
         let shown = content_type.map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()));
         return http_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -164,15 +156,27 @@ pub(crate) async fn handle(
         );
     }
     let path = request.uri().path();
+    let refuse = |status: Status| {
+        telemetry::refused(
+            gateway,
+            Protocol::GrpcWeb,
+            request.method(),
+            request.uri().path(),
+            conn,
+            &status,
+            200,
+        );
+        web_error(&status, answer)
+    };
     let Some(target) = gateway.routes().resolve(path) else {
-        return web_error(&unknown_method(path), answer);
+        return refuse(unknown_method(path));
     };
     let options = match call_options(target, request.headers(), received) {
         Ok(options) => options,
-        Err(status) => return web_error(&status, answer),
+        Err(status) => return refuse(status),
     };
     if request.body().is_end_stream() {
-        return web_error(&RequestError::Empty.status(), answer);
+        return refuse(RequestError::Empty.status());
     }
 
     let (mut parts, body) = request.into_parts();
@@ -182,12 +186,7 @@ pub(crate) async fn handle(
     let headers = &mut parts.headers;
     headers.insert(CONTENT_TYPE, upstream_content_type);
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    for name in [
-        X_GRPC_WEB,
-        ACCEPT.as_str(),
-        CONTENT_LENGTH.as_str(),
-        EXPECT.as_str(),
-    ] {
+    for name in [X_GRPC_WEB, ACCEPT.as_str(), CONTENT_LENGTH.as_str(), EXPECT.as_str()] {
         headers.remove(name);
     }
     add_forwarded(headers, conn.forwarded_for.as_ref(), conn.scheme);
@@ -195,10 +194,10 @@ pub(crate) async fn handle(
     let fault = Fault::default();
     let limit = gateway.config().transcoding.max_request_body.as_usize();
     let body = Body::new(RequestBody::new(body, encoding, limit, fault.clone()));
-    let response = target
-        .upstream
-        .call(Request::from_parts(parts, body), options)
-        .await;
+    let request = Request::from_parts(parts, body);
+    let (request, record) = telemetry::begin_forward(gateway, Protocol::GrpcWeb, request, conn, options.streaming);
+    let mut response = target.upstream.call(request, options).await;
+    telemetry::watch_response(record, &mut response);
     into_web(response, answer, fault)
 }
 
@@ -210,8 +209,7 @@ fn upstream_content_type(subtype: &[u8]) -> HeaderValue {
         other => {
             let mut value = GRPC.to_vec();
             value.extend_from_slice(other);
-            HeaderValue::from_bytes(&value)
-                .unwrap_or_else(|_| HeaderValue::from_static("application/grpc"))
+            HeaderValue::from_bytes(&value).unwrap_or_else(|_| HeaderValue::from_static("application/grpc"))
         }
     }
 }
@@ -239,23 +237,11 @@ mod tests {
     #[test]
     fn content_types_are_recognised_with_their_encoding() {
         for (value, expected) in [
-            (
-                &b"application/grpc-web"[..],
-                Some((Encoding::Binary, &b""[..])),
-            ),
-            (
-                b"application/grpc-web+proto",
-                Some((Encoding::Binary, b"+proto")),
-            ),
+            (&b"application/grpc-web"[..], Some((Encoding::Binary, &b""[..]))),
+            (b"application/grpc-web+proto", Some((Encoding::Binary, b"+proto"))),
             (b"application/grpc-web-text", Some((Encoding::Text, b""))),
-            (
-                b"application/grpc-web-text+proto",
-                Some((Encoding::Text, b"+proto")),
-            ),
-            (
-                b"application/grpc-web;charset=utf-8",
-                Some((Encoding::Binary, b"")),
-            ),
+            (b"application/grpc-web-text+proto", Some((Encoding::Text, b"+proto"))),
+            (b"application/grpc-web;charset=utf-8", Some((Encoding::Binary, b""))),
             (
                 b"application/grpc-web-text+proto ; q=1",
                 Some((Encoding::Text, b"+proto")),

@@ -72,8 +72,7 @@ impl Base64Decoder {
                 DECODE[input[i + 3] as usize],
             ];
             if (a | b | c | d) < 64 {
-                let bits =
-                    u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
+                let bits = u32::from(a) << 18 | u32::from(b) << 12 | u32::from(c) << 6 | u32::from(d);
                 out.put_slice(&bits.to_be_bytes()[1..]);
             } else {
                 for (k, &byte) in input.iter().enumerate().skip(i).take(GROUP) {
@@ -173,11 +172,7 @@ mod tests {
         for i in 0..=BODY.len() {
             for j in i..=BODY.len() {
                 let pieces = [&BODY[..i], &BODY[i..j], &BODY[j..]];
-                assert_eq!(
-                    decode_pieces(&pieces).unwrap(),
-                    DECODED,
-                    "split at {i} and {j}"
-                );
+                assert_eq!(decode_pieces(&pieces).unwrap(), DECODED, "split at {i} and {j}");
             }
         }
         let one_by_one: Vec<&[u8]> = BODY.chunks(1).collect();
@@ -190,23 +185,14 @@ mod tests {
         for len in 0..data.len() {
             let encoded = encode_chunk(&data[..len]);
             assert_eq!(encoded.len() % GROUP, 0);
-            assert_eq!(
-                decode_pieces(&[&encoded]).unwrap(),
-                &data[..len],
-                "length {len}"
-            );
+            assert_eq!(decode_pieces(&[&encoded]).unwrap(), &data[..len], "length {len}");
         }
     }
 
     #[test]
     fn padding_may_appear_mid_stream_but_only_at_the_end_of_a_group() {
         assert_eq!(decode_pieces(&[b"QQ==QkM=RA=="]).unwrap(), b"ABCD");
-        for (bad, offset) in [
-            (&b"Q==="[..], 1),
-            (b"=AAA", 0),
-            (b"QQ=A", 3),
-            (b"AAAAQ=", 5),
-        ] {
+        for (bad, offset) in [(&b"Q==="[..], 1), (b"=AAA", 0), (b"QQ=A", 3), (b"AAAAQ=", 5)] {
             assert_eq!(
                 decode_pieces(&[bad]),
                 Err(RequestError::Base64 {
@@ -221,20 +207,10 @@ mod tests {
     #[test]
     fn a_bad_byte_is_named_by_its_offset_in_the_whole_body() {
         let error = decode_pieces(&[b"AAAA", b"AA", b"A!AA"]).unwrap_err();
-        assert_eq!(
-            error,
-            RequestError::Base64 {
-                byte: b'!',
-                offset: 7
-            }
-        );
+        assert_eq!(error, RequestError::Base64 { byte: b'!', offset: 7 });
         let status = error.status();
         assert_eq!(status.code, crate::status::Code::InvalidArgument);
-        assert!(
-            status.message.contains("byte offset 7"),
-            "{}",
-            status.message
-        );
+        assert!(status.message.contains("byte offset 7"), "{}", status.message);
         for bad in [&b"AAA\nAAAA"[..], b"AA-_", b"AAA\x00", b"\xffAAA"] {
             assert!(
                 matches!(decode_pieces(&[bad]), Err(RequestError::Base64 { .. })),

@@ -22,6 +22,7 @@ use crate::gateway::{ConnInfo, Gateway};
 use crate::grpc_frame;
 use crate::passthrough;
 use crate::status::{Code, Status};
+use crate::telemetry::{self, CallInfo, CallRecord, Protocol};
 use crate::transcode::fields::{self, resolve_path};
 use crate::transcode::{FieldViolation, JsonCodec, bad_request};
 use crate::upstream::add_forwarded;
@@ -66,15 +67,56 @@ impl RestFrontEnd {
     }
 }
 
-/// Handles one REST request.
+/// Marks a REST response whose body is a stream that finishes its own call record.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamsItsRecord;
+
+/// Handles one REST request, and measures it.
 pub(crate) async fn handle(
     gateway: &Gateway,
     rest: &RestFrontEnd,
     request: Request<Body>,
     conn: &ConnInfo,
 ) -> Response<Body> {
-    let received = Instant::now();
     let (parts, body) = request.into_parts();
+    let mut record = None;
+    let response = serve(gateway, rest, &parts, body, conn, &mut record).await;
+    let http_status = response.status().as_u16();
+    let status = response.extensions().get::<Status>();
+    match record {
+        Some(record) => {
+            record.set_http_status(http_status);
+            match status {
+                Some(status) => record.finish(status),
+                None if response.extensions().get::<StreamsItsRecord>().is_some() => {}
+                None => record.finish(&Status::new(Code::Ok, "")),
+            }
+        }
+        None => {
+            let status = status.cloned().unwrap_or_else(|| Status::new(Code::Ok, ""));
+            telemetry::refused(
+                gateway,
+                Protocol::Rest,
+                &parts.method,
+                parts.uri.path(),
+                conn,
+                &status,
+                http_status,
+            );
+        }
+    }
+    response
+}
+
+async fn serve(
+    gateway: &Gateway,
+    rest: &RestFrontEnd,
+    parts: &http::request::Parts,
+    body: Body,
+    conn: &ConnInfo,
+    record: &mut Option<CallRecord>,
+) -> Response<Body> {
+    let received = Instant::now();
     let (binding, variables) = match rest.router.lookup(&parts.method, parts.uri.path()) {
         Lookup::Found { binding, variables } => (binding, variables),
         Lookup::MethodNotAllowed { allowed } => {
@@ -82,10 +124,7 @@ pub(crate) async fn handle(
         }
         Lookup::NotFound => {
             let shown: String = parts.uri.path().chars().take(256).collect();
-            let status = Status::new(
-                Code::NotFound,
-                format!("no route for {} {shown}", parts.method),
-            );
+            let status = Status::new(Code::NotFound, format!("no route for {} {shown}", parts.method));
             return rest.error(&status);
         }
         Lookup::BadPath(why) => return rest.error(&bad_request(&[FieldViolation::new("", why)])),
@@ -100,7 +139,7 @@ pub(crate) async fn handle(
     };
 
     let client_streaming = method.descriptor.is_client_streaming();
-    let (upstream_body, request_problem) = if client_streaming {
+    let (mut upstream_body, request_problem) = if client_streaming {
         match stream::request_stream(rest, binding, &parts.headers, body) {
             Ok((body, problem)) => (body, Some(problem)),
             Err(rejection) => return rest.error_with(rejection),
@@ -110,63 +149,52 @@ pub(crate) async fn handle(
             Ok(bytes) => bytes,
             Err(rejection) => return rest.error_with(rejection),
         };
-        let message = match build_message(
-            rest,
-            binding,
-            &variables,
-            parts.uri.query(),
-            &parts.headers,
-            bytes,
-        ) {
+        let message = match build_message(rest, binding, &variables, parts.uri.query(), &parts.headers, bytes) {
             Ok(message) => message,
             Err(violations) => return rest.error(&bad_request(&violations)),
         };
-        (
-            Body::full(grpc_frame::encode(0, &message.encode_to_vec())),
-            None,
-        )
+        (Body::full(grpc_frame::encode(0, &message.encode_to_vec())), None)
     };
 
     let mut headers = metadata_from_http(&parts.headers);
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
     add_forwarded(&mut headers, conn.forwarded_for.as_ref(), conn.scheme);
+    let Ok(uri) = method.path.parse() else {
+        return rest.error(&Status::new(Code::Internal, format!("bad method path {}", method.path)));
+    };
+    let info = CallInfo {
+        protocol: Protocol::Rest,
+        grpc_path: &method.path,
+        http_method: &parts.method,
+        http_path: parts.uri.path(),
+        streaming: options.streaming,
+    };
+    let call = telemetry::begin(gateway, info, &mut headers, &mut upstream_body, conn);
+    *record = Some(call.clone());
     let mut upstream_request = Request::new(upstream_body);
     *upstream_request.method_mut() = Method::POST;
-    *upstream_request.uri_mut() = match method.path.parse() {
-        Ok(uri) => uri,
-        Err(_) => {
-            return rest.error(&Status::new(
-                Code::Internal,
-                format!("bad method path {}", method.path),
-            ));
-        }
-    };
+    *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
     let upstream_response = target.upstream.call(upstream_request, options).await;
+    if let Some(served) = upstream_response.extensions().get::<telemetry::Served>() {
+        call.set_served(Some(served));
+    }
 
     if method.descriptor.is_server_streaming() {
         let format = stream::format_for(&parts.headers, rest.default_stream_format);
-        stream::respond(rest, binding, upstream_response, format, request_problem).await
+        stream::respond(rest, binding, upstream_response, format, request_problem, call).await
     } else {
         response::unary(rest, binding, upstream_response, request_problem).await
     }
 }
 
-fn method_not_allowed(
-    rest: &RestFrontEnd,
-    method: &Method,
-    path: &str,
-    allowed: &[Method],
-) -> Response<Body> {
+fn method_not_allowed(rest: &RestFrontEnd, method: &Method, path: &str, allowed: &[Method]) -> Response<Body> {
     let shown: String = path.chars().take(256).collect();
     let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let status = Status::new(
         Code::Unimplemented,
-        format!(
-            "{method} is not allowed on {shown}; allowed: {}",
-            list.join(", ")
-        ),
+        format!("{method} is not allowed on {shown}; allowed: {}", list.join(", ")),
     );
     let mut response = rest.error(&status);
     *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
@@ -213,10 +241,7 @@ async fn read_body(
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(error) => Err((
             StatusCode::BAD_REQUEST,
-            Status::new(
-                Code::Cancelled,
-                format!("reading the request body failed: {error}"),
-            ),
+            Status::new(Code::Cancelled, format!("reading the request body failed: {error}")),
         )),
     }
 }
@@ -234,19 +259,14 @@ pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), (Status
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if essence == "application/json"
-        || essence.ends_with("+json")
-        || essence == "application/x-ndjson"
-    {
+    if essence == "application/json" || essence.ends_with("+json") || essence == "application/x-ndjson" {
         Ok(())
     } else {
         Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Status::new(
                 Code::InvalidArgument,
-                format!(
-                    "unsupported content type \"{essence}\": send the body as application/json"
-                ),
+                format!("unsupported content type \"{essence}\": send the body as application/json"),
             ),
         ))
     }
@@ -283,16 +303,9 @@ pub(crate) fn build_message(
     let mut message = match &binding.body {
         BodyRule::None => DynamicMessage::new(input.clone()),
         BodyRule::Whole if input.full_name() == HTTP_BODY => http_body(&input, headers, body),
-        BodyRule::Whole if body.iter().all(u8::is_ascii_whitespace) => {
-            DynamicMessage::new(input.clone())
-        }
-        BodyRule::Whole => rest
-            .codec
-            .parse(input.clone(), &body, "")
-            .map_err(|v| vec![v])?,
-        BodyRule::Field(path) => {
-            body_field(rest, &input, path, headers, body).map_err(|v| vec![v])?
-        }
+        BodyRule::Whole if body.iter().all(u8::is_ascii_whitespace) => DynamicMessage::new(input.clone()),
+        BodyRule::Whole => rest.codec.parse(input.clone(), &body, "").map_err(|v| vec![v])?,
+        BodyRule::Field(path) => body_field(rest, &input, path, headers, body).map_err(|v| vec![v])?,
     };
     let mut violations = Vec::new();
     for (path, value) in variables {
@@ -302,14 +315,7 @@ pub(crate) fn build_message(
     }
     if let Some(query_string) = query_string.filter(|q| !q.is_empty()) {
         match query::parse(query_string) {
-            Ok(params) => apply_query(
-                rest,
-                binding,
-                variables,
-                &mut message,
-                &params,
-                &mut violations,
-            ),
+            Ok(params) => apply_query(rest, binding, variables, &mut message, &params, &mut violations),
             Err(why) => violations.push(FieldViolation::new("", why)),
         }
     }
@@ -350,20 +356,14 @@ fn apply_query(
                 let why = if known {
                     "unknown query parameter: this field is set by the request body".to_string()
                 } else {
-                    format!(
-                        "unknown query parameter: {} has no such field",
-                        input.full_name()
-                    )
+                    format!("unknown query parameter: {} has no such field", input.full_name())
                 };
                 violations.push(FieldViolation::new(&param.name, why));
             }
             continue;
         }
         if bound_by_path {
-            violations.push(FieldViolation::new(
-                &param.name,
-                "already set by the URL path",
-            ));
+            violations.push(FieldViolation::new(&param.name, "already set by the URL path"));
             continue;
         }
         let values: Vec<&str> = param.values.iter().map(String::as_str).collect();
@@ -411,22 +411,16 @@ fn body_field(
     }
     wrapped.extend_from_slice(&body);
     wrapped.extend(std::iter::repeat_n(b'}', names.len()));
-    rest.codec
-        .parse(input.clone(), &wrapped, "")
-        .map_err(|mut v| {
-            // Field paths come back in JSON names; report the body field as configured.
-            if v.field.is_empty() {
-                v.field = path.to_string();
-            }
-            v
-        })
+    rest.codec.parse(input.clone(), &wrapped, "").map_err(|mut v| {
+        // Field paths come back in JSON names; report the body field as configured.
+        if v.field.is_empty() {
+            v.field = path.to_string();
+        }
+        v
+    })
 }
 
-fn set_nested(
-    message: &mut DynamicMessage,
-    chain: &[prost_reflect::FieldDescriptor],
-    value: prost_reflect::Value,
-) {
+fn set_nested(message: &mut DynamicMessage, chain: &[prost_reflect::FieldDescriptor], value: prost_reflect::Value) {
     let Some((leaf, parents)) = chain.split_last() else {
         return;
     };
@@ -441,20 +435,13 @@ fn set_nested(
 }
 
 /// A `google.api.HttpBody` holding the raw request body and its content type.
-pub(crate) fn http_body(
-    descriptor: &MessageDescriptor,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> DynamicMessage {
+pub(crate) fn http_body(descriptor: &MessageDescriptor, headers: &HeaderMap, body: Bytes) -> DynamicMessage {
     let mut message = DynamicMessage::new(descriptor.clone());
     let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream");
-    message.set_field_by_name(
-        "content_type",
-        prost_reflect::Value::String(content_type.to_string()),
-    );
+    message.set_field_by_name("content_type", prost_reflect::Value::String(content_type.to_string()));
     message.set_field_by_name("data", prost_reflect::Value::Bytes(body));
     message
 }

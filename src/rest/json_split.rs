@@ -76,9 +76,7 @@ impl JsonSplitter {
                                 self.base += self.scanned;
                                 self.scanned = 0;
                                 if let Mode::Array { .. } = self.mode {
-                                    self.mode = Mode::Array {
-                                        expect_value: false,
-                                    };
+                                    self.mode = Mode::Array { expect_value: false };
                                 }
                                 return Ok(Some(value));
                             }
@@ -108,15 +106,8 @@ impl JsonSplitter {
                     self.mode = Mode::Sequence;
                     self.start_value();
                 }
-                (Mode::Sequence, b'{') | (Mode::Array { expect_value: true }, b'{') => {
-                    self.start_value()
-                }
-                (
-                    Mode::Array {
-                        expect_value: false,
-                    },
-                    b',',
-                ) => {
+                (Mode::Sequence, b'{') | (Mode::Array { expect_value: true }, b'{') => self.start_value(),
+                (Mode::Array { expect_value: false }, b',') => {
                     self.mode = Mode::Array { expect_value: true };
                     self.skip_one();
                 }
@@ -127,16 +118,9 @@ impl JsonSplitter {
                 (Mode::ArrayClosed, _) => {
                     return Err(format!("unexpected data after the closing ] at byte {at}"));
                 }
-                (
-                    Mode::Array {
-                        expect_value: false,
-                    },
-                    _,
-                ) => return Err(format!("expected , or ] at byte {at}")),
+                (Mode::Array { expect_value: false }, _) => return Err(format!("expected , or ] at byte {at}")),
                 _ => {
-                    return Err(format!(
-                        "expected a JSON object for each message at byte {at}"
-                    ));
+                    return Err(format!("expected a JSON object for each message at byte {at}"));
                 }
             }
         }
@@ -217,26 +201,10 @@ mod tests {
                 .unwrap_err()
                 .contains("ended inside a message")
         );
-        assert!(
-            split_all(b"[{}", 1)
-                .unwrap_err()
-                .contains("before the closing ]")
-        );
-        assert!(
-            split_all(b"5", 0)
-                .unwrap_err()
-                .contains("expected a JSON object")
-        );
-        assert!(
-            split_all(b"[{} {}]", 0)
-                .unwrap_err()
-                .contains("expected , or ]")
-        );
-        assert!(
-            split_all(b"[{}] {}", 0)
-                .unwrap_err()
-                .contains("after the closing ]")
-        );
+        assert!(split_all(b"[{}", 1).unwrap_err().contains("before the closing ]"));
+        assert!(split_all(b"5", 0).unwrap_err().contains("expected a JSON object"));
+        assert!(split_all(b"[{} {}]", 0).unwrap_err().contains("expected , or ]"));
+        assert!(split_all(b"[{}] {}", 0).unwrap_err().contains("after the closing ]"));
         assert!(split_all(b"{},{}", 0).unwrap_err().contains("at byte 2"));
     }
 

@@ -20,12 +20,8 @@ pub(crate) fn parse(query: &str) -> Result<Vec<Param>, String> {
             continue;
         }
         let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = decode(raw_name).map_err(|at| {
-            format!(
-                "invalid percent-encoding in the query at byte {}",
-                start + at
-            )
-        })?;
+        let name =
+            decode(raw_name).map_err(|at| format!("invalid percent-encoding in the query at byte {}", start + at))?;
         let value = decode(raw_value).map_err(|at| {
             format!(
                 "invalid percent-encoding in the query at byte {}",
@@ -81,11 +77,7 @@ mod tests {
     fn groups_repeated_names_in_order() {
         assert_eq!(
             parse("ids=1&name=x%20y+z&ids=2&&flag").unwrap(),
-            vec![
-                p("ids", &["1", "2"]),
-                p("name", &["x y z"]),
-                p("flag", &[""])
-            ]
+            vec![p("ids", &["1", "2"]), p("name", &["x y z"]), p("flag", &[""])]
         );
         assert_eq!(parse("").unwrap(), vec![]);
         assert_eq!(parse("a.b.c=%E2%9C%93").unwrap(), vec![p("a.b.c", &["✓"])]);

@@ -27,6 +27,8 @@ pub(crate) fn error_response(
 ) -> Response<Body> {
     let mut response = Response::new(Body::full(status_json(status, pool, codec)));
     *response.status_mut() = status.code.http_status();
+    // For the call record: the code behind this answer.
+    response.extensions_mut().insert(status.clone());
     *response.headers_mut() = headers;
     response
         .headers_mut()
@@ -58,10 +60,7 @@ pub(crate) async fn collect(headers: &HeaderMap, mut body: Body, limit: usize) -
         let frame = match frame {
             Ok(frame) => frame,
             Err(e) => {
-                failure = Some(Status::new(
-                    Code::Unavailable,
-                    format!("upstream response failed: {e}"),
-                ));
+                failure = Some(Status::new(Code::Unavailable, format!("upstream response failed: {e}")));
                 break;
             }
         };
@@ -82,9 +81,7 @@ pub(crate) async fn collect(headers: &HeaderMap, mut body: Body, limit: usize) -
                         Err(e) => {
                             failure = Some(Status::new(
                                 Code::ResourceExhausted,
-                                format!(
-                                    "upstream response: {e} (transcoding.max_response_message)"
-                                ),
+                                format!("upstream response: {e} (transcoding.max_response_message)"),
                             ));
                             break;
                         }
@@ -104,10 +101,7 @@ pub(crate) async fn collect(headers: &HeaderMap, mut body: Body, limit: usize) -
     if failure.is_none()
         && let Err(e) = decoder.finish()
     {
-        failure = Some(Status::new(
-            Code::Internal,
-            format!("upstream response: {e}"),
-        ));
+        failure = Some(Status::new(Code::Internal, format!("upstream response: {e}")));
     }
     let status = failure
         .or_else(|| Status::from_headers(&trailers))
@@ -141,10 +135,7 @@ pub(crate) async fn unary(
     let [message] = collected.messages.as_slice() else {
         let status = Status::new(
             Code::Internal,
-            format!(
-                "upstream sent {} messages for a unary call",
-                collected.messages.len()
-            ),
+            format!("upstream sent {} messages for a unary call", collected.messages.len()),
         );
         return error_response(&status, &rest.pool, &rest.codec, headers);
     };
@@ -152,10 +143,7 @@ pub(crate) async fn unary(
     let decoded = match DynamicMessage::decode(output, message.clone()) {
         Ok(decoded) => decoded,
         Err(e) => {
-            let status = Status::new(
-                Code::Internal,
-                format!("cannot decode the upstream response: {e}"),
-            );
+            let status = Status::new(Code::Internal, format!("cannot decode the upstream response: {e}"));
             return error_response(&status, &rest.pool, &rest.codec, headers);
         }
     };
@@ -168,11 +156,7 @@ pub(crate) async fn unary(
 
 /// Renders one response message: its `response_body` field or the whole
 /// message, as JSON, or raw when it is a `google.api.HttpBody`.
-pub(crate) fn render(
-    rest: &RestFrontEnd,
-    binding: &Binding,
-    message: &DynamicMessage,
-) -> (HeaderValue, Vec<u8>) {
+pub(crate) fn render(rest: &RestFrontEnd, binding: &Binding, message: &DynamicMessage) -> (HeaderValue, Vec<u8>) {
     let selected = match &binding.response_body {
         None => Some(message.clone()),
         Some(field) => match message
@@ -180,9 +164,7 @@ pub(crate) fn render(
             .get_field_by_name(field)
             .map(|f| (f.kind(), message.get_field(&f).into_owned()))
         {
-            Some((Kind::Message(m), Value::Message(inner))) if m.full_name() == HTTP_BODY => {
-                Some(inner)
-            }
+            Some((Kind::Message(m), Value::Message(inner))) if m.full_name() == HTTP_BODY => Some(inner),
             _ => None,
         },
     };
@@ -199,8 +181,9 @@ pub(crate) fn render(
 /// The content type and bytes of a `google.api.HttpBody`.
 pub(crate) fn raw_http_body(message: &DynamicMessage) -> (HeaderValue, Vec<u8>) {
     let content_type = match message.get_field_by_name("content_type").as_deref() {
-        Some(Value::String(ct)) if !ct.is_empty() => HeaderValue::from_str(ct)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        Some(Value::String(ct)) if !ct.is_empty() => {
+            HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+        }
         _ => HeaderValue::from_static("application/octet-stream"),
     };
     let data = match message.get_field_by_name("data").as_deref() {

@@ -202,10 +202,7 @@ impl RestRouter {
         for segment in &binding.template.segments {
             let next = self.nodes.len();
             node = match segment {
-                Segment::Literal(text) => *self.nodes[node]
-                    .literals
-                    .entry(text.as_str().into())
-                    .or_insert(next),
+                Segment::Literal(text) => *self.nodes[node].literals.entry(text.as_str().into()).or_insert(next),
                 Segment::Single => *self.nodes[node].single.get_or_insert(next),
                 Segment::Multi => {
                     // The parser guarantees `**` is last.
@@ -218,11 +215,7 @@ impl RestRouter {
             }
         }
         let target = &mut self.nodes[node];
-        let ends = if at_multi {
-            &mut target.multi
-        } else {
-            &mut target.ends
-        };
+        let ends = if at_multi { &mut target.multi } else { &mut target.ends };
         let verb = binding.template.verb.as_deref();
         let end = match ends.iter().position(|e| e.verb_is(verb)) {
             Some(i) => &mut ends[i],
@@ -250,15 +243,10 @@ impl RestRouter {
             Ok(request) => request,
             Err(why) => return Lookup::BadPath(why),
         };
-        let found = self.walk(
-            0,
-            0,
-            &request,
-            &mut |end, with_verb| match end.route_for(method) {
-                Some(index) => ControlFlow::Break((index, with_verb)),
-                None => ControlFlow::Continue(()),
-            },
-        );
+        let found = self.walk(0, 0, &request, &mut |end, with_verb| match end.route_for(method) {
+            Some(index) => ControlFlow::Break((index, with_verb)),
+            None => ControlFlow::Continue(()),
+        });
         if let ControlFlow::Break((index, with_verb)) = found
             && let Some(binding) = self.bindings.get(index)
         {
@@ -311,10 +299,7 @@ impl RestRouter {
         let verb = split.map(|s| &*s.verb);
         // 1. A literal child: with the verb split off, then the whole segment.
         if let Some(split) = split
-            && let Some(child) = node
-                .literals
-                .get(&*split.base)
-                .and_then(|&c| self.nodes.get(c))
+            && let Some(child) = node.literals.get(&*split.base).and_then(|&c| self.nodes.get(c))
         {
             visit_verb_ends(&child.ends, verb, visit)?;
         }
@@ -357,9 +342,8 @@ impl<'p> Request<'p> {
             if let Some(at) = template::invalid_escape(raw) {
                 return Err(format!("at byte {}: invalid percent-encoding", offset + at));
             }
-            let decoded = template::decode(raw, false).map_err(|NotUtf8| {
-                format!("at byte {offset}: the segment is not UTF-8 once percent-decoded")
-            })?;
+            let decoded = template::decode(raw, false)
+                .map_err(|NotUtf8| format!("at byte {offset}: the segment is not UTF-8 once percent-decoded"))?;
             segments.push(PathSegment { raw, decoded });
             offset += raw.len() + 1;
         }
@@ -376,11 +360,7 @@ impl<'p> Request<'p> {
 
     /// The values of a matched template's variables: one segment fully
     /// decoded, several (or `**`) decoded except `%2F`.
-    fn variables(
-        &self,
-        template: &PathTemplate,
-        with_verb: bool,
-    ) -> Result<Vec<(String, String)>, NotUtf8> {
+    fn variables(&self, template: &PathTemplate, with_verb: bool) -> Result<Vec<(String, String)>, NotUtf8> {
         let n = self.segments.len();
         let raw = |j: usize| match (&self.split, self.segments.get(j)) {
             (Some(split), _) if with_verb && j + 1 == n => split.base_raw,

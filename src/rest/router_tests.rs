@@ -34,13 +34,10 @@ enum Got {
 
 fn got(router: &RestRouter, method: &str, path: &str) -> Got {
     match router.lookup(&Method::from_bytes(method.as_bytes()).unwrap(), path) {
-        Lookup::Found { binding, variables } => Got::Found(
-            format!("{} {}", binding.http_method, binding.pattern),
-            variables,
-        ),
-        Lookup::MethodNotAllowed { allowed } => {
-            Got::NotAllowed(allowed.iter().map(|m| m.to_string()).collect())
+        Lookup::Found { binding, variables } => {
+            Got::Found(format!("{} {}", binding.http_method, binding.pattern), variables)
         }
+        Lookup::MethodNotAllowed { allowed } => Got::NotAllowed(allowed.iter().map(|m| m.to_string()).collect()),
         Lookup::NotFound => Got::NotFound,
         Lookup::BadPath(why) => Got::Bad(why),
     }
@@ -49,9 +46,7 @@ fn got(router: &RestRouter, method: &str, path: &str) -> Got {
 fn found(route: &str, vars: &[(&str, &str)]) -> Got {
     Got::Found(
         route.to_string(),
-        vars.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     )
 }
 
@@ -86,11 +81,7 @@ fn matching_table() {
     let r = router(ROUTES);
     let cases: Vec<(&str, &str, Got)> = vec![
         // A literal beats `*`.
-        (
-            "GET",
-            "/v1/shelves/special",
-            found("GET /v1/shelves/special", &[]),
-        ),
+        ("GET", "/v1/shelves/special", found("GET /v1/shelves/special", &[])),
         (
             "GET",
             "/v1/shelves/s1",
@@ -126,16 +117,8 @@ fn matching_table() {
             "/v1/files/a/b/c",
             found("GET /v1/files/{path=**}", &[("path", "a/b/c")]),
         ),
-        (
-            "GET",
-            "/v1/files",
-            found("GET /v1/files/{path=**}", &[("path", "")]),
-        ),
-        (
-            "GET",
-            "/v1/files/",
-            found("GET /v1/files/{path=**}", &[("path", "")]),
-        ),
+        ("GET", "/v1/files", found("GET /v1/files/{path=**}", &[("path", "")])),
+        ("GET", "/v1/files/", found("GET /v1/files/{path=**}", &[("path", "")])),
         (
             "GET",
             "/v1/files/a%2Fb/%C3%A9%20",
@@ -166,11 +149,7 @@ fn matching_table() {
             found("GET /v1/shelves/{shelf}", &[("shelf", "é")]),
         ),
         // A literal matches its escaped spelling.
-        (
-            "GET",
-            "/v1/shelves/%73pecial",
-            found("GET /v1/shelves/special", &[]),
-        ),
+        ("GET", "/v1/shelves/%73pecial", found("GET /v1/shelves/special", &[])),
         // Verbs.
         (
             "GET",
@@ -202,21 +181,9 @@ fn matching_table() {
             "/v1/orders/1:cancel",
             found("POST /v1/{name=orders/*}:cancel", &[("name", "orders/1")]),
         ),
-        (
-            "POST",
-            "/v1/orders:import",
-            found("POST /v1/orders:import", &[]),
-        ),
-        (
-            "GET",
-            "/v2/7:get",
-            found("GET /v2/{id}:get", &[("id", "7")]),
-        ),
-        (
-            "GET",
-            "/v2/fixed:get",
-            found("GET /v2/{id}:get", &[("id", "fixed")]),
-        ),
+        ("POST", "/v1/orders:import", found("POST /v1/orders:import", &[])),
+        ("GET", "/v2/7:get", found("GET /v2/{id}:get", &[("id", "7")])),
+        ("GET", "/v2/fixed:get", found("GET /v2/{id}:get", &[("id", "fixed")])),
         ("GET", "/v2/fixed", found("GET /v2/fixed", &[])),
         ("GET", "/v2/7", Got::NotFound),
         ("GET", "/v2/:get", Got::NotFound),
@@ -268,10 +235,7 @@ fn bad_paths_name_the_byte() {
             "/v1/orders/%FF",
             "at byte 11: the segment is not UTF-8 once percent-decoded",
         ),
-        (
-            "/v1/%C3/x",
-            "at byte 4: the segment is not UTF-8 once percent-decoded",
-        ),
+        ("/v1/%C3/x", "at byte 4: the segment is not UTF-8 once percent-decoded"),
         ("", "at byte 0: the path must start with \"/\""),
         ("v1/orders", "at byte 0: the path must start with \"/\""),
         ("*", "at byte 0: the path must start with \"/\""),
@@ -280,10 +244,7 @@ fn bad_paths_name_the_byte() {
         assert_eq!(got(&r, "GET", path), Got::Bad(why.to_string()), "{path}");
     }
     // Past the query string nothing is checked.
-    assert_eq!(
-        got(&r, "GET", "/v1/orders?q=%zz"),
-        found("GET /v1/orders", &[])
-    );
+    assert_eq!(got(&r, "GET", "/v1/orders?q=%zz"), found("GET /v1/orders", &[]));
 }
 
 #[test]
@@ -293,10 +254,7 @@ fn conflicts_name_both_bindings() {
         binding("GET", "/v1/{name=books/*}"),
     ])
     .unwrap_err();
-    assert_eq!(
-        err,
-        "GET /v1/{name=books/*}: bound by fuzz.S/Call and fuzz.S/Call"
-    );
+    assert_eq!(err, "GET /v1/{name=books/*}: bound by fuzz.S/Call and fuzz.S/Call");
 
     let err = RestRouter::from_bindings(vec![
         binding("GET", "/v1/{name=books/*}"),
@@ -363,12 +321,7 @@ fn backtracking_stays_bounded() {
         routes.push(format!("/{}*/stop{k}", "a/".repeat(k - 1)));
     }
     routes.push(format!("/{}/last", vec!["*"; depth].join("/")));
-    let r = router(
-        &routes
-            .iter()
-            .map(|p| ("GET", p.as_str()))
-            .collect::<Vec<_>>(),
-    );
+    let r = router(&routes.iter().map(|p| ("GET", p.as_str())).collect::<Vec<_>>());
     let path = format!("/{}/last", vec!["a"; depth].join("/"));
     let start = std::time::Instant::now();
     assert!(matches!(got(&r, "GET", &path), Got::Found(..)));

@@ -68,14 +68,8 @@ pub(super) fn bindings(registry: &Registry, pool: &DescriptorPool) -> (Vec<Bindi
             }
             Some(Value::Message(rule)) => {
                 let mut rules = vec![(rule.clone(), true)];
-                if let Some(Value::List(more)) =
-                    rule.get_field_by_name("additional_bindings").as_deref()
-                {
-                    rules.extend(
-                        more.iter()
-                            .filter_map(Value::as_message)
-                            .map(|m| (m.clone(), false)),
-                    );
+                if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
+                    rules.extend(more.iter().filter_map(Value::as_message).map(|m| (m.clone(), false)));
                 }
                 for (rule, top) in rules {
                     match read_rule(&rule, top) {
@@ -84,10 +78,7 @@ pub(super) fn bindings(registry: &Registry, pool: &DescriptorPool) -> (Vec<Bindi
                     }
                 }
             }
-            Some(_) => problems.push(format!(
-                "{}: the google.api.http option is not an HttpRule",
-                name(info)
-            )),
+            Some(_) => problems.push(format!("{}: the google.api.http option is not an HttpRule", name(info))),
         }
     }
     (out, problems)
@@ -125,15 +116,12 @@ fn read_rule(rule: &DynamicMessage, top: bool) -> Result<RawBinding, String> {
             let (kind, path) = custom
                 .map(|c| (string_field(c, "kind"), string_field(c, "path")))
                 .unwrap_or_default();
-            let method = Method::from_bytes(kind.as_bytes()).map_err(|_| {
-                format!("google.api.http custom kind \"{kind}\" is not an HTTP method")
-            })?;
+            let method = Method::from_bytes(kind.as_bytes())
+                .map_err(|_| format!("google.api.http custom kind \"{kind}\" is not an HTTP method"))?;
             (method, path)
         }
         None => {
-            return Err(
-                "google.api.http sets no pattern (get, put, post, delete, patch or custom)".into(),
-            );
+            return Err("google.api.http sets no pattern (get, put, post, delete, patch or custom)".into());
         }
     };
     if !top
@@ -154,12 +142,7 @@ fn read_rule(rule: &DynamicMessage, top: bool) -> Result<RawBinding, String> {
 }
 
 /// Parses and checks one binding; adds it or a problem.
-fn push(
-    info: &Arc<MethodInfo>,
-    raw: RawBinding,
-    out: &mut Vec<Binding>,
-    problems: &mut Vec<String>,
-) {
+fn push(info: &Arc<MethodInfo>, raw: RawBinding, out: &mut Vec<Binding>, problems: &mut Vec<String>) {
     let at = format!("{}: {} {}", name(info), raw.http_method, raw.pattern);
     match check(info, raw) {
         Ok(binding) => out.push(binding),
@@ -245,10 +228,7 @@ fn path_field(input: &MessageDescriptor, path: &[String]) -> Result<(), String> 
 /// `body` and `response_body` name a field at the top level of their message.
 fn top_level_field(message: &MessageDescriptor, field: &str) -> Result<(), String> {
     if field.contains('.') {
-        return Err(format!(
-            "must name a top-level field of {}",
-            message.full_name()
-        ));
+        return Err(format!("must name a top-level field of {}", message.full_name()));
     }
     match message.get_field_by_name(field) {
         Some(_) => Ok(()),

@@ -110,13 +110,7 @@ fn every_binding_of_every_method_is_served() {
     );
     let bodies: Vec<(String, BodyRule, Option<String>)> = router
         .bindings()
-        .map(|b| {
-            (
-                b.method_name().to_string(),
-                b.body.clone(),
-                b.response_body.clone(),
-            )
-        })
+        .map(|b| (b.method_name().to_string(), b.body.clone(), b.response_body.clone()))
         .collect();
     assert_eq!(bodies[0].1, BodyRule::Whole);
     assert_eq!(bodies[1].1, BodyRule::None);
@@ -127,10 +121,7 @@ fn every_binding_of_every_method_is_served() {
     let name = |v: &str| vec![("name".to_string(), v.to_string())];
     assert_eq!(
         found(&router, "GET", "/v1/shelves/1/books/2"),
-        (
-            "library.v1.Library/GetBook".into(),
-            name("shelves/1/books/2")
-        )
+        ("library.v1.Library/GetBook".into(), name("shelves/1/books/2"))
     );
     assert_eq!(
         found(&router, "HEAD", "/v1/shelves/1/books/2").0,
@@ -243,10 +234,7 @@ fn validation_errors_name_the_method_and_what_is_wrong() {
     ];
     for (option, expected) in cases {
         let err = error_for(option);
-        assert!(
-            err.contains(expected),
-            "{option}\n  got: {err}\n want: {expected}"
-        );
+        assert!(err.contains(expected), "{option}\n  got: {err}\n want: {expected}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
@@ -309,12 +297,7 @@ fn the_demo_service() {
     let name = |v: &str| vec![("name".to_string(), v.to_string())];
     let cases = [
         ("GET", "/v1/orders/42", "GetOrder", name("orders/42")),
-        (
-            "GET",
-            "/v1/orders/42:watch",
-            "WatchOrder",
-            name("orders/42"),
-        ),
+        ("GET", "/v1/orders/42:watch", "WatchOrder", name("orders/42")),
         ("GET", "/v1/orders?state=PLACED", "ListOrders", vec![]),
         ("POST", "/v1/orders", "CreateOrder", vec![]),
         ("POST", "/v1/orders:import", "ImportOrders", vec![]),
@@ -336,16 +319,8 @@ fn the_demo_service() {
         other => panic!("{other:?}"),
     }
     for (method, path, allowed) in [
-        (
-            Method::DELETE,
-            "/v1/orders",
-            vec![Method::GET, Method::POST],
-        ),
-        (
-            Method::GET,
-            "/demo.v1.OrderService/Chat",
-            vec![Method::POST],
-        ),
+        (Method::DELETE, "/v1/orders", vec![Method::GET, Method::POST]),
+        (Method::GET, "/demo.v1.OrderService/Chat", vec![Method::POST]),
         (Method::GET, "/v1/orders:import", vec![Method::POST]),
     ] {
         assert!(

@@ -24,8 +24,8 @@ use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 
 use super::handler::{
-    HTTP_BODY, RequestProblem, RestFrontEnd, check_json_content_type, http_body,
-    http_from_metadata, takes_raw_body,
+    HTTP_BODY, RequestProblem, RestFrontEnd, StreamsItsRecord, check_json_content_type, http_body, http_from_metadata,
+    takes_raw_body,
 };
 use super::json_split::JsonSplitter;
 use super::response::{error_response, raw_http_body};
@@ -34,6 +34,7 @@ use crate::body::{Body, BoxError};
 use crate::config::StreamFormat;
 use crate::grpc_frame::{self, COMPRESSED, FrameDecoder};
 use crate::status::{Code, Status};
+use crate::telemetry::CallRecord;
 use crate::transcode::{FieldViolation, JsonCodec, bad_request, status_json};
 
 /// How long an SSE stream may stay silent before a heartbeat comment.
@@ -46,11 +47,7 @@ pub(crate) fn format_for(headers: &HeaderMap, default: StreamFormat) -> StreamFo
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.contains("text/event-stream"));
-    if wants_sse {
-        StreamFormat::Sse
-    } else {
-        default
-    }
+    if wants_sse { StreamFormat::Sse } else { default }
 }
 
 /// The next thing a gRPC response body yields.
@@ -97,28 +94,20 @@ impl MessageReader {
                     Ok(data) => self.decoder.push(&data),
                     Err(frame) => {
                         let trailers = frame.into_trailers().unwrap_or_default();
-                        let status = Status::from_headers(&trailers).unwrap_or_else(|| {
-                            Status::new(Code::Internal, "upstream trailers carried no grpc-status")
-                        });
+                        let status = Status::from_headers(&trailers)
+                            .unwrap_or_else(|| Status::new(Code::Internal, "upstream trailers carried no grpc-status"));
                         self.ended = true;
                         return Poll::Ready(Next::End(status, trailers));
                     }
                 },
                 Some(Err(e)) => {
-                    return self.end(Status::new(
-                        Code::Unavailable,
-                        format!("upstream response failed: {e}"),
-                    ));
+                    return self.end(Status::new(Code::Unavailable, format!("upstream response failed: {e}")));
                 }
                 None => {
                     let status = match (self.decoder.finish(), self.headers_status.take()) {
-                        (Err(e), _) => {
-                            Status::new(Code::Internal, format!("upstream response: {e}"))
-                        }
+                        (Err(e), _) => Status::new(Code::Internal, format!("upstream response: {e}")),
                         (Ok(()), Some(status)) => status,
-                        (Ok(()), None) => {
-                            Status::new(Code::Internal, "upstream response carried no grpc-status")
-                        }
+                        (Ok(()), None) => Status::new(Code::Internal, "upstream response carried no grpc-status"),
                     };
                     return self.end(status);
                 }
@@ -139,6 +128,7 @@ pub(crate) async fn respond(
     upstream: Response<Body>,
     format: StreamFormat,
     problem: Option<RequestProblem>,
+    record: CallRecord,
 ) -> Response<Body> {
     let (parts, body) = upstream.into_parts();
     let mut reader = MessageReader {
@@ -175,11 +165,9 @@ pub(crate) async fn respond(
         sequence: 0,
     };
     let content_type = match (&renderer.format, &first) {
-        (Format::Raw, Some(first)) => {
-            DynamicMessage::decode(renderer.output.clone(), first.clone())
-                .map(|m| raw_http_body(&m).0)
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"))
-        }
+        (Format::Raw, Some(first)) => DynamicMessage::decode(renderer.output.clone(), first.clone())
+            .map(|m| raw_http_body(&m).0)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
         (Format::Raw, None) => HeaderValue::from_static("application/octet-stream"),
         (Format::Ndjson, _) => HeaderValue::from_static("application/x-ndjson"),
         (Format::Sse, _) => HeaderValue::from_static("text/event-stream"),
@@ -188,18 +176,22 @@ pub(crate) async fn respond(
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     headers.insert(CONTENT_TYPE, content_type);
-    let heartbeat =
-        matches!(renderer.format, Format::Sse).then(|| Box::pin(tokio::time::sleep(SSE_HEARTBEAT)));
+    let heartbeat = matches!(renderer.format, Format::Sse).then(|| Box::pin(tokio::time::sleep(SSE_HEARTBEAT)));
+    let streaming = first.is_some();
     let stream = EventStream {
         reader,
         renderer,
         pending: first,
         done: false,
         heartbeat,
+        record: Some(record),
     };
     let mut response = Response::new(Body::new(stream));
     *response.headers_mut() = headers;
     *response.status_mut() = StatusCode::OK;
+    if streaming {
+        response.extensions_mut().insert(StreamsItsRecord);
+    }
     response
 }
 
@@ -230,12 +222,8 @@ struct Renderer {
 
 impl Renderer {
     fn message(&mut self, bytes: Bytes) -> Result<Bytes, Status> {
-        let message = DynamicMessage::decode(self.output.clone(), bytes).map_err(|e| {
-            Status::new(
-                Code::Internal,
-                format!("cannot decode an upstream message: {e}"),
-            )
-        })?;
+        let message = DynamicMessage::decode(self.output.clone(), bytes)
+            .map_err(|e| Status::new(Code::Internal, format!("cannot decode an upstream message: {e}")))?;
         let json = match (&self.format, &self.response_body) {
             (Format::Raw, _) => return Ok(Bytes::from(raw_http_body(&message).1)),
             (_, Some(field)) => self.codec.print_field(&message, field),
@@ -287,16 +275,23 @@ struct EventStream {
     pending: Option<Bytes>,
     done: bool,
     heartbeat: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Finished when the stream ends; dropped unfinished (CANCELLED) if the client leaves.
+    record: Option<CallRecord>,
+}
+
+impl EventStream {
+    fn finish(&mut self, status: &Status) {
+        if let Some(record) = self.record.take() {
+            record.finish(status);
+        }
+    }
 }
 
 impl http_body::Body for EventStream {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
@@ -309,34 +304,36 @@ impl http_body::Body for EventStream {
                     if let Some(heartbeat) = &mut this.heartbeat
                         && heartbeat.as_mut().poll(cx).is_ready()
                     {
-                        heartbeat
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                            b": keepalive\n\n",
-                        )))));
+                        heartbeat.as_mut().reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b": keepalive\n\n")))));
                     }
                     return Poll::Pending;
                 }
             },
         };
         if let Some(heartbeat) = &mut this.heartbeat {
-            heartbeat
-                .as_mut()
-                .reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
+            heartbeat.as_mut().reset(tokio::time::Instant::now() + SSE_HEARTBEAT);
         }
         let failed = match next {
             Next::Message(bytes) => match this.renderer.message(bytes) {
-                Ok(chunk) => return Poll::Ready(Some(Ok(Frame::data(chunk)))),
+                Ok(chunk) => {
+                    if let Some(record) = &this.record {
+                        record.add_messages(false, 1);
+                        record.add_bytes(false, chunk.len());
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
                 Err(status) => status,
             },
             Next::End(status, _) if status.code == Code::Ok => {
                 this.done = true;
+                this.finish(&status);
                 return Poll::Ready(None);
             }
             Next::End(status, _) => status,
         };
         this.done = true;
+        this.finish(&failed);
         match this.renderer.error(&failed) {
             Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             None => Poll::Ready(Some(Err(failed.to_string().into()))),
@@ -401,13 +398,9 @@ impl JsonToFrames {
         let index = self.index;
         self.index += 1;
         match self.codec.parse(self.input.clone(), json, "") {
-            Ok(message) => Poll::Ready(Some(Ok(Frame::data(grpc_frame::encode(
-                0,
-                &message.encode_to_vec(),
-            ))))),
+            Ok(message) => Poll::Ready(Some(Ok(Frame::data(grpc_frame::encode(0, &message.encode_to_vec()))))),
             Err(mut violation) => {
-                violation.description =
-                    format!("message {index} of the stream: {}", violation.description);
+                violation.description = format!("message {index} of the stream: {}", violation.description);
                 self.fail(violation)
             }
         }
@@ -418,10 +411,7 @@ impl http_body::Body for JsonToFrames {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
             if this.finished {
@@ -445,10 +435,7 @@ impl http_body::Body for JsonToFrames {
                                 continue;
                             }
                             let message = http_body(&this.input, headers, data);
-                            return Poll::Ready(Some(Ok(Frame::data(grpc_frame::encode(
-                                0,
-                                &message.encode_to_vec(),
-                            )))));
+                            return Poll::Ready(Some(Ok(Frame::data(grpc_frame::encode(0, &message.encode_to_vec())))));
                         }
                         None => this.splitter.push(&data),
                     }

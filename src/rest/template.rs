@@ -179,10 +179,7 @@ impl Parser<'_> {
 
     fn push(&mut self, segment: Segment, at: usize) -> Result<(), TemplateError> {
         if self.segments.len() >= MAX_SEGMENTS {
-            return Err(error(
-                at,
-                format!("a template of at most {MAX_SEGMENTS} segments"),
-            ));
+            return Err(error(at, format!("a template of at most {MAX_SEGMENTS} segments")));
         }
         if segment == Segment::Multi {
             self.multi = true;
@@ -203,20 +200,14 @@ impl Parser<'_> {
                     self.push(Segment::Single, at)
                 }
             }
-            Some(b'{') if in_variable => Err(error(
-                at,
-                "a literal, \"*\" or \"**\" (variables cannot nest)",
-            )),
+            Some(b'{') if in_variable => Err(error(at, "a literal, \"*\" or \"**\" (variables cannot nest)")),
             Some(b'{') => self.variable(),
             Some(c) if is_unreserved(c) || c == b'%' => {
                 let literal = self.literal("a literal")?;
                 self.push(Segment::Literal(literal), at)
             }
             _ if in_variable => Err(error(at, "a literal, \"*\" or \"**\"")),
-            _ => Err(error(
-                at,
-                "a segment (a literal, \"*\", \"**\" or \"{field}\")",
-            )),
+            _ => Err(error(at, "a segment (a literal, \"*\", \"**\" or \"{field}\")")),
         }
     }
 
@@ -240,11 +231,7 @@ impl Parser<'_> {
         }
         self.expect(b'}', "\"}\"")?;
         let end = (!self.multi).then_some(self.segments.len());
-        self.variables.push(Variable {
-            field_path,
-            start,
-            end,
-        });
+        self.variables.push(Variable { field_path, start, end });
         Ok(())
     }
 

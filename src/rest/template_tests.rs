@@ -2,8 +2,7 @@
 //! template form, every error with its offset, and inputs meant to break it.
 
 use super::template::{
-    MAX_SEGMENTS, MAX_TEMPLATE_LEN, NotUtf8, PathTemplate, Segment, Variable, decode,
-    invalid_escape, parse,
+    MAX_SEGMENTS, MAX_TEMPLATE_LEN, NotUtf8, PathTemplate, Segment, Variable, decode, invalid_escape, parse,
 };
 
 fn lit(text: &str) -> Segment {
@@ -115,11 +114,7 @@ fn every_template_form_parses() {
         let parsed = parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
         assert_eq!(parsed, expected, "{text}");
         let canonical = parsed.to_string();
-        assert_eq!(
-            parse(&canonical).as_ref(),
-            Ok(&parsed),
-            "{text} → {canonical}"
-        );
+        assert_eq!(parse(&canonical).as_ref(), Ok(&parsed), "{text} → {canonical}");
     }
 }
 
@@ -182,10 +177,7 @@ fn errors_name_the_offset_and_what_was_expected() {
         let err = parse(text).expect_err(text);
         assert_eq!(err.offset, offset, "{text}: {err}");
         assert!(err.expected.contains(expected), "{text}: {err}");
-        assert!(
-            err.to_string()
-                .starts_with(&format!("at byte {offset}: expected "))
-        );
+        assert!(err.to_string().starts_with(&format!("at byte {offset}: expected ")));
     }
 }
 

@@ -96,10 +96,7 @@ async fn serve_stream(
 
 /// Writes a response on an HTTP/2 stream, honouring flow control, and stops
 /// (dropping the body, which cancels an upstream call) if the client resets.
-pub(crate) async fn write_response(
-    response: Response<Body>,
-    mut respond: h2::server::SendResponse<Bytes>,
-) {
+pub(crate) async fn write_response(response: Response<Body>, mut respond: h2::server::SendResponse<Bytes>) {
     let (parts, mut body) = response.into_parts();
     let end_of_stream = body.is_end_stream();
     let mut send = match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {

@@ -64,7 +64,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// How long a shutdown waits for calls in flight before returning.
     pub drain_timeout: Duration,
-    /// How the listener's certificate files are watched, when `tls` is set.
+    /// How the listener's certificate files are watched, when `tls` is set
+    /// (a `listener_tls` given here carries its own).
     pub tls_reload: ReloadOptions,
     /// A listener TLS built by the caller (who keeps a clone to read its
     /// status); `None` builds one from the gateway's `tls` configuration.
@@ -114,12 +115,7 @@ impl Drop for TrackerGuard {
 /// every connection is TLS; certificate changes on disk apply to new
 /// connections. If the certificate files cannot be loaded, nothing is served
 /// (never plaintext instead): the error is logged and this returns at once.
-pub async fn serve(
-    gateway: Gateway,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-    options: ServeOptions,
-) {
+pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>, options: ServeOptions) {
     let tls = match listener_tls(&gateway, &options) {
         Ok(tls) => tls,
         Err(error) => {
@@ -141,15 +137,18 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
                     let guard = tracker.enter();
+                    gateway.connection_opened();
                     let gateway = gateway.clone();
                     let limits = limits.clone();
                     let stopped = stopped.clone();
                     let tls = tls.clone();
+                    let counted = gateway.clone();
                     tokio::spawn(async move {
                         match tls {
                             Some(tls) => serve_tls_connection(tcp, remote, tls, gateway, limits, stopped).await,
                             None => serve_connection(tcp, remote, gateway, limits, stopped).await,
                         }
+                        counted.connection_closed();
                         drop(guard);
                     });
                 }
@@ -169,11 +168,7 @@ pub async fn serve(
     let idle = tracker.idle.notified();
     tokio::pin!(idle);
     idle.as_mut().enable();
-    if tracker.active.load(Ordering::Acquire) > 0
-        && tokio::time::timeout(options.drain_timeout, idle)
-            .await
-            .is_err()
-    {
+    if tracker.active.load(Ordering::Acquire) > 0 && tokio::time::timeout(options.drain_timeout, idle).await.is_err() {
         tracing::warn!(
             connections = tracker.active.load(Ordering::Acquire),
             "drain timeout reached; closing remaining connections"
@@ -183,10 +178,7 @@ pub async fn serve(
 }
 
 /// The listener's TLS: the caller's, or built from the configuration.
-fn listener_tls(
-    gateway: &Gateway,
-    options: &ServeOptions,
-) -> Result<Option<ServerTls>, crate::tls::LoadError> {
+fn listener_tls(gateway: &Gateway, options: &ServeOptions) -> Result<Option<ServerTls>, crate::tls::LoadError> {
     if let Some(tls) = &options.listener_tls {
         return Ok(Some(tls.clone()));
     }
@@ -286,11 +278,7 @@ async fn serve_sniffed<IO>(
 /// Serves the admin endpoints (`/healthz`, `/readyz`, `/upstreams`, `/config`,
 /// `/routes`) on `listener` until `shutdown` completes. Run it beside
 /// [`serve`], and stop it after `serve` returns so `/readyz` reports the drain.
-pub async fn serve_admin(
-    gateway: Gateway,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve_admin(gateway: Gateway, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let (stop, stopped) = watch::channel(false);
     let admin = tokio::spawn(crate::admin::serve(gateway, listener, stopped));
     shutdown.await;

@@ -54,12 +54,7 @@ pub struct CertInfo {
 
 impl CertInfo {
     /// Parses `der`; the error is x509-parser's complaint.
-    pub(crate) fn parse(
-        der: &[u8],
-        role: CertRole,
-        file: &Path,
-        index: usize,
-    ) -> Result<Self, String> {
+    pub(crate) fn parse(der: &[u8], role: CertRole, file: &Path, index: usize) -> Result<Self, String> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
         let validity = cert.validity();
         let not_after = validity.not_after.timestamp();

@@ -4,7 +4,7 @@
 //! number, and [`ClientTls::connect`], whose errors say what went wrong.
 //!
 //! In TLS 1.3 a server checks the client certificate *after* the client
-//! considers the handshake done, so a rejected certificate would otherwise
+//! considers the handshake done (in TLS 1.2, before), so a rejected certificate would otherwise
 //! surface as a reset on the first read. When the server asked for a
 //! certificate, `connect` therefore waits briefly for the server's first
 //! records (session tickets, the HTTP/2 SETTINGS — or an alert) and feeds
@@ -58,11 +58,7 @@ impl ClientTls {
     /// called `upstream` (used in logs). Without `ca` the system's trust
     /// store is read (once per process). Nothing is watched until
     /// [`start_reloading`](Self::start_reloading).
-    pub fn new(
-        upstream: &str,
-        config: &UpstreamTls,
-        options: ReloadOptions,
-    ) -> Result<Self, LoadError> {
+    pub fn new(upstream: &str, config: &UpstreamTls, options: ReloadOptions) -> Result<Self, LoadError> {
         let system_roots = match &config.ca {
             Some(_) => None,
             None => Some(system_roots()?),
@@ -106,14 +102,8 @@ impl ClientTls {
 
     /// Runs the TLS handshake on a connected socket to an endpoint whose
     /// host is `host` (a DNS name or an IP; IPv6 may be in brackets).
-    pub async fn connect(
-        &self,
-        tcp: TcpStream,
-        host: &str,
-    ) -> Result<TlsStream<TcpStream>, TlsError> {
-        self.connect_with_generation(tcp, host)
-            .await
-            .map(|(stream, _)| stream)
+    pub async fn connect(&self, tcp: TcpStream, host: &str) -> Result<TlsStream<TcpStream>, TlsError> {
+        self.connect_with_generation(tcp, host).await.map(|(stream, _)| stream)
     }
 
     /// [`connect`](Self::connect), also returning the generation of the
@@ -125,8 +115,8 @@ impl ClientTls {
         host: &str,
     ) -> Result<(TlsStream<TcpStream>, u64), TlsError> {
         let name = self.server_name_for(host);
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|_| TlsError::InvalidServerName(name.to_string()))?;
+        let server_name =
+            ServerName::try_from(name.to_string()).map_err(|_| TlsError::InvalidServerName(name.to_string()))?;
         let snapshot = self.reloader.current();
         let resolver = Arc::new(RecordingResolver {
             key: snapshot.built.key.clone(),
@@ -134,12 +124,12 @@ impl ClientTls {
         });
         let mut config = (*snapshot.built.config).clone();
         config.client_auth_cert_resolver = resolver.clone();
-        let handshake = TlsConnector::from(Arc::new(config))
-            .connect(server_name, tcp)
-            .await;
+        let handshake = TlsConnector::from(Arc::new(config)).connect(server_name, tcp).await;
         let auth = resolver.state();
         let mut stream = handshake.map_err(|e| TlsError::from_client_io(e, auth))?;
-        if auth.asked {
+        // In TLS 1.2 the server's Finished already carried its verdict.
+        let tls13 = stream.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+        if auth.asked && tls13 {
             await_client_auth_verdict(&mut stream, auth).await?;
         }
         Ok((stream, snapshot.generation))
@@ -205,11 +195,7 @@ impl RecordingResolver {
 }
 
 impl ResolvesClientCert for RecordingResolver {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         self.asked.store(true, Ordering::Release);
         self.key.clone()
     }
@@ -222,10 +208,7 @@ impl ResolvesClientCert for RecordingResolver {
 /// Reads the server's first records after the handshake (bounded by
 /// [`CLIENT_AUTH_WAIT`]) so that an alert rejecting our certificate fails
 /// here. Data that arrives is buffered by rustls for the caller.
-async fn await_client_auth_verdict(
-    stream: &mut TlsStream<TcpStream>,
-    auth: ClientAuthState,
-) -> Result<(), TlsError> {
+async fn await_client_auth_verdict(stream: &mut TlsStream<TcpStream>, auth: ClientAuthState) -> Result<(), TlsError> {
     let deadline = tokio::time::Instant::now() + CLIENT_AUTH_WAIT;
     let mut buffer = [0u8; 4096];
     loop {
@@ -250,9 +233,7 @@ async fn await_client_auth_verdict(
         while !data.is_empty() {
             match connection.read_tls(&mut data) {
                 Ok(0) => {
-                    return Err(TlsError::Protocol(
-                        "could not buffer the server's first records".into(),
-                    ));
+                    return Err(TlsError::Protocol("could not buffer the server's first records".into()));
                 }
                 Ok(_) => {}
                 Err(e) => return Err(TlsError::Io(e)),
@@ -267,10 +248,7 @@ async fn await_client_auth_verdict(
 
 fn build(sources: &Sources, material: &Material) -> Result<ClientParts, LoadError> {
     let provider = load::provider();
-    let ca_path = sources
-        .ca
-        .clone()
-        .unwrap_or_else(|| "system trust store".into());
+    let ca_path = sources.ca.clone().unwrap_or_else(|| "system trust store".into());
     let unusable = |reason: String| LoadError::new("ca", &ca_path, Problem::Unusable(reason));
     let roots = material
         .roots
@@ -301,11 +279,7 @@ fn system_roots() -> Result<Arc<RootCertStore>, LoadError> {
     let mut roots = RootCertStore::empty();
     let (added, ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(LoadError::new(
-            "ca",
-            "system trust store",
-            Problem::NoSystemRoots,
-        ));
+        return Err(LoadError::new("ca", "system trust store", Problem::NoSystemRoots));
     }
     tracing::debug!(added, ignored, "system trust roots loaded");
     Ok(ROOTS.get_or_init(|| Arc::new(roots)).clone())

@@ -46,9 +46,7 @@ pub enum Problem {
     #[error("no certificate in the file (expected a \"-----BEGIN CERTIFICATE-----\" block)")]
     NoCertificate,
     /// A CA file without a single certificate.
-    #[error(
-        "CA file with no certificates (expected one or more \"-----BEGIN CERTIFICATE-----\" blocks)"
-    )]
+    #[error("CA file with no certificates (expected one or more \"-----BEGIN CERTIFICATE-----\" blocks)")]
     NoCaCertificates,
     /// A certificate that does not parse.
     #[error("certificate #{index} in the file is not a valid X.509 certificate: {reason}")]
@@ -115,9 +113,7 @@ pub enum Problem {
     #[error("cannot be used for TLS: {0}")]
     Unusable(String),
     /// No CA file configured and the operating system's store is empty.
-    #[error(
-        "no system CA certificates found (install ca-certificates, set SSL_CERT_FILE, or set the `ca` key)"
-    )]
+    #[error("no system CA certificates found (install ca-certificates, set SSL_CERT_FILE, or set the `ca` key)")]
     NoSystemRoots,
 }
 
@@ -129,10 +125,7 @@ pub enum TlsError {
     #[error("invalid TLS server name {0:?}")]
     InvalidServerName(String),
     /// The server's certificate is for other names.
-    #[error(
-        "certificate name mismatch: expected {expected}{}",
-        presented_names(presented)
-    )]
+    #[error("certificate name mismatch: expected {expected}{}", presented_names(presented))]
     NameMismatch {
         /// The name we verified against (`server_name`, or the endpoint host).
         expected: String,
@@ -161,9 +154,7 @@ pub enum TlsError {
     #[error("the server aborted the handshake: {0}")]
     AlertReceived(String),
     /// The peer closed the connection mid-handshake (often: it does not speak TLS on this port).
-    #[error(
-        "the connection closed during the TLS handshake (does the server speak TLS on this port?)"
-    )]
+    #[error("the connection closed during the TLS handshake (does the server speak TLS on this port?)")]
     ClosedDuringHandshake,
     /// Another TLS protocol failure.
     #[error("TLS handshake failed: {0}")]
@@ -194,10 +185,7 @@ impl TlsError {
     /// Classifies an error from a client handshake (tokio-rustls wraps
     /// rustls errors in `io::Error`).
     pub(crate) fn from_client_io(error: io::Error, auth: ClientAuthState) -> Self {
-        match error
-            .get_ref()
-            .and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
+        match error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
             Some(tls) => Self::from_client_rustls(tls, auth),
             None if error.kind() == io::ErrorKind::UnexpectedEof => {
                 if auth.asked && !auth.sent {
@@ -217,10 +205,7 @@ impl TlsError {
                     expected: String::new(),
                     presented: Vec::new(),
                 },
-                CertificateError::NotValidForNameContext {
-                    expected,
-                    presented,
-                } => Self::NameMismatch {
+                CertificateError::NotValidForNameContext { expected, presented } => Self::NameMismatch {
                     expected: server_name_text(expected),
                     presented: presented.clone(),
                 },
@@ -234,9 +219,7 @@ impl TlsError {
                 other => Self::InvalidServerCertificate(describe_certificate_error(other)),
             },
             rustls::Error::NoApplicationProtocol
-            | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => {
-                Self::NoApplicationProtocol
-            }
+            | rustls::Error::AlertReceived(AlertDescription::NoApplicationProtocol) => Self::NoApplicationProtocol,
             rustls::Error::AlertReceived(alert) => {
                 let about_certificates = matches!(
                     alert,
@@ -250,9 +233,7 @@ impl TlsError {
                         | AlertDescription::UnknownCA
                         | AlertDescription::AccessDenied
                 );
-                if *alert == AlertDescription::CertificateRequired
-                    || (about_certificates && auth.asked && !auth.sent)
-                {
+                if *alert == AlertDescription::CertificateRequired || (about_certificates && auth.asked && !auth.sent) {
                     Self::ClientCertificateRequired
                 } else if about_certificates && auth.sent {
                     Self::ClientCertificateRejected(alert_text(*alert))
@@ -282,16 +263,11 @@ impl TlsError {
 /// Describes a failed listener handshake for the debug log: what the client
 /// did wrong, in words.
 pub(crate) fn describe_server_side(error: &io::Error) -> String {
-    let Some(tls) = error
-        .get_ref()
-        .and_then(|e| e.downcast_ref::<rustls::Error>())
-    else {
+    let Some(tls) = error.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) else {
         return error.to_string();
     };
     match tls {
-        rustls::Error::NoCertificatesPresented => {
-            "the client sent no certificate (client_ca requires one)".into()
-        }
+        rustls::Error::NoCertificatesPresented => "the client sent no certificate (client_ca requires one)".into(),
         rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
             "the client's certificate is not signed by the client CA".into()
         }
@@ -301,9 +277,7 @@ pub(crate) fn describe_server_side(error: &io::Error) -> String {
                 describe_certificate_error(cert)
             )
         }
-        rustls::Error::NoApplicationProtocol => {
-            "the client offered neither h2 nor http/1.1 over ALPN".into()
-        }
+        rustls::Error::NoApplicationProtocol => "the client offered neither h2 nor http/1.1 over ALPN".into(),
         rustls::Error::AlertReceived(alert) => {
             format!("the client aborted the handshake: {}", alert_text(*alert))
         }
@@ -320,9 +294,8 @@ fn server_name_text(name: &rustls::pki_types::ServerName<'_>) -> String {
 }
 
 fn describe_certificate_error(error: &CertificateError) -> String {
-    let date = |t: &rustls::pki_types::UnixTime| {
-        super::cert_info::rfc3339(i64::try_from(t.as_secs()).unwrap_or(i64::MAX))
-    };
+    let date =
+        |t: &rustls::pki_types::UnixTime| super::cert_info::rfc3339(i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
     match error {
         CertificateError::Expired => "expired".into(),
         CertificateError::ExpiredContext { not_after, .. } => {

@@ -111,9 +111,8 @@ pub(crate) fn parse_certs(
     for item in CertificateDer::pem_slice_iter(bytes) {
         let der = item.map_err(|e| LoadError::new(field, path, pem_problem(&e)))?;
         let index = ders.len() + 1;
-        let info = CertInfo::parse(&der, role, path, index).map_err(|reason| {
-            LoadError::new(field, path, Problem::MalformedCertificate { index, reason })
-        })?;
+        let info = CertInfo::parse(&der, role, path, index)
+            .map_err(|reason| LoadError::new(field, path, Problem::MalformedCertificate { index, reason }))?;
         ders.push(der);
         infos.push(info);
     }
@@ -205,8 +204,7 @@ mod tests {
 
     #[test]
     fn an_empty_file_has_no_certificate() {
-        let e =
-            parse_certs("cert", Path::new("/x/c.pem"), b"", CertRole::ListenerCert).unwrap_err();
+        let e = parse_certs("cert", Path::new("/x/c.pem"), b"", CertRole::ListenerCert).unwrap_err();
         assert_eq!(e.problem, Problem::NoCertificate);
         let e = parse_ca("ca", Path::new("/x/ca.pem"), b"hello", CertRole::UpstreamCa).unwrap_err();
         assert_eq!(e.problem, Problem::NoCaCertificates);
@@ -225,18 +223,13 @@ mod tests {
 
     #[test]
     fn keys_are_told_apart() {
-        let encrypted =
-            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let encrypted = b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
         assert_eq!(
-            parse_key(Path::new("k"), encrypted)
-                .err()
-                .map(|e| e.problem),
+            parse_key(Path::new("k"), encrypted).err().map(|e| e.problem),
             Some(Problem::EncryptedKey)
         );
         assert_eq!(
-            parse_key(Path::new("k"), b"nothing here")
-                .err()
-                .map(|e| e.problem),
+            parse_key(Path::new("k"), b"nothing here").err().map(|e| e.problem),
             Some(Problem::NoPrivateKey)
         );
         let dsa = b"-----BEGIN DSA PRIVATE KEY-----\nAAAA\n-----END DSA PRIVATE KEY-----\n";

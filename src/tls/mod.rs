@@ -22,6 +22,8 @@
 mod cert_info;
 mod check;
 mod client;
+#[cfg(test)]
+mod client_tests;
 mod error;
 mod load;
 mod reload;

@@ -150,9 +150,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
             Ok((fingerprint, Some((material, built)))) => {
                 *last_failed = None;
                 let generation = current.generation + 1;
-                let leaf = material
-                    .leaf()
-                    .map(|l| (l.serial.clone(), l.not_after_rfc3339.clone()));
+                let leaf = material.leaf().map(|l| (l.serial.clone(), l.not_after_rfc3339.clone()));
                 self.current.store(Arc::new(Snapshot {
                     built,
                     material,
@@ -270,7 +268,8 @@ async fn watch_loop<T: Send + Sync + 'static>(
     let _watcher = start_inotify(&dirs, events.clone());
     let mut poll = tokio::time::interval(options.poll_interval.max(Duration::from_millis(10)));
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    poll.tick().await;
+    // The first tick is immediate: it catches changes made between loading
+    // and watching.
     loop {
         tokio::select! {
             _ = stop.notified() => return,

@@ -115,11 +115,7 @@ impl ServerTls {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| PeerIdentity::from_der(leaf));
-        Ok(Accepted {
-            stream,
-            protocol,
-            peer,
-        })
+        Ok(Accepted { stream, protocol, peer })
     }
 }
 
@@ -127,10 +123,7 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("generation", &self.generation())
-            .field(
-                "requires_client_certificates",
-                &self.requires_client_certificates(),
-            )
+            .field("requires_client_certificates", &self.requires_client_certificates())
             .finish()
     }
 }
@@ -147,11 +140,7 @@ impl ResolvesServerCert for SingleCert {
 
 fn build(sources: &Sources, material: &Material) -> Result<Arc<ServerConfig>, LoadError> {
     let provider = load::provider();
-    let cert_path = sources
-        .pair
-        .as_ref()
-        .map(|(cert, _)| cert.clone())
-        .unwrap_or_default();
+    let cert_path = sources.pair.as_ref().map(|(cert, _)| cert.clone()).unwrap_or_default();
     let unusable = |reason: String| LoadError::new("cert", &cert_path, Problem::Unusable(reason));
     let Some(key) = material.key.clone() else {
         return Err(unusable("the listener needs a certificate and key".into()));

@@ -40,10 +40,7 @@ fn a_mismatched_key_names_the_key_file() {
     assert_eq!(e.field, "key");
     assert_eq!(e.file, dir.path("server.key"));
     assert!(matches!(e.problem, Problem::KeyMismatch { .. }), "{e}");
-    assert!(
-        e.to_string().contains("does not match the certificate in"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("does not match the certificate in"), "{e}");
 }
 
 #[test]
@@ -96,10 +93,7 @@ fn reloads_swap_valid_changes_and_count_bad_ones_once() {
     dir.write_pair("server", &next);
     assert_eq!(tls.reload_now(), Ok(true));
     let status = tls.status();
-    assert_eq!(
-        (status.generation, status.reloads, status.reload_errors),
-        (2, 1, 0)
-    );
+    assert_eq!((status.generation, status.reloads, status.reload_errors), (2, 1, 0));
     assert_eq!(status.certificates[0].serial, serial_of(&next));
 
     dir.write("server.key", &ca.server().key_pem);
@@ -109,11 +103,7 @@ fn reloads_swap_valid_changes_and_count_bad_ones_once() {
     assert_eq!(status.reload_errors, 1, "the same bad files count once");
     assert_eq!(status.generation, 2, "the old pair stays");
     assert!(
-        status
-            .last_error
-            .as_deref()
-            .unwrap_or("")
-            .contains("does not match"),
+        status.last_error.as_deref().unwrap_or("").contains("does not match"),
         "{status:?}"
     );
 
@@ -161,11 +151,7 @@ fn a_ca_rotation_bundle_keeps_the_pair_valid() {
     dir.write("clients.pem", &format!("{}{}", old.cert_pem, new.cert_pem));
     assert_eq!(tls.reload_now(), Ok(true));
     dir.write_pair("server", &new.server());
-    assert_eq!(
-        tls.reload_now(),
-        Ok(true),
-        "signed by the new root in the bundle"
-    );
+    assert_eq!(tls.reload_now(), Ok(true), "signed by the new root in the bundle");
     let roles: Vec<_> = tls.status().certificates.iter().map(|c| c.role).collect();
     assert_eq!(
         roles,
@@ -196,10 +182,7 @@ async fn the_listener_handshake_reports_protocol_and_client_identity() {
     assert_eq!(accepted.protocol, Negotiated::Http2);
     let peer = accepted.peer.expect("a verified identity");
     assert_eq!(peer.common_name.as_deref(), Some("billing"));
-    assert_eq!(
-        peer.sans,
-        vec![SubjectAltName::Uri("spiffe://test/billing".into())]
-    );
+    assert_eq!(peer.sans, vec![SubjectAltName::Uri("spiffe://test/billing".into())]);
 }
 
 #[tokio::test]
@@ -223,10 +206,7 @@ async fn without_alpn_the_protocol_is_left_to_sniffing() {
 fn the_report_warns_ahead_and_fails_on_expired() {
     let ca = Ca::new("ca");
     let dir = CertDir::new();
-    dir.write_pair(
-        "server",
-        &ca.expiring_in(Duration::from_secs(3 * 86_400 + 3600), false),
-    );
+    dir.write_pair("server", &ca.expiring_in(Duration::from_secs(3 * 86_400 + 3600), false));
     let yaml = format!(
         "listen: 127.0.0.1:0\ntls:\n  cert: {}\n  key: {}\ndescriptors: []\nupstreams:\n  u:\n    endpoints: [\"127.0.0.1:1\"]\n    tls:\n      ca: {}\n      cert: {}\n      key: {}\nroutes:\n  - match: \"*\"\n    upstream: u\n",
         dir.path("server.pem").display(),
@@ -241,16 +221,14 @@ fn the_report_warns_ahead_and_fails_on_expired() {
     assert!(report.errors.is_empty(), "{report:?}");
     assert_eq!(report.warnings.len(), 1, "{report:?}");
     assert!(
-        report.warnings[0].starts_with("tls.cert: CN=test")
-            && report.warnings[0].contains("expires in 3 days"),
+        report.warnings[0].starts_with("tls.cert: CN=test") && report.warnings[0].contains("expires in 3 days"),
         "{report:?}"
     );
     dir.write_pair("client", &ca.expired_server());
     let report = certificate_report(&config, DEFAULT_EXPIRY_WARNING);
     assert_eq!(report.errors.len(), 1, "{report:?}");
     assert!(
-        report.errors[0].starts_with("upstreams.u.tls.cert: ")
-            && report.errors[0].contains("expired on"),
+        report.errors[0].starts_with("upstreams.u.tls.cert: ") && report.errors[0].contains("expired on"),
         "{report:?}"
     );
 }
@@ -267,8 +245,5 @@ fn listener_files_are_checked_when_the_gateway_is_built() {
     );
     let config = crate::config::Config::from_yaml(&yaml).unwrap();
     let e = check_listener(&config).unwrap_err().to_string();
-    assert!(
-        e.starts_with("tls.cert: ") && e.contains("expired on"),
-        "{e}"
-    );
+    assert!(e.starts_with("tls.cert: ") && e.contains("expired on"), "{e}");
 }

@@ -96,11 +96,7 @@ pub(crate) fn validate(
     })
 }
 
-fn check_key_matches(
-    certified: &CertifiedKey,
-    cert_path: &Path,
-    key_path: &Path,
-) -> Result<(), LoadError> {
+fn check_key_matches(certified: &CertifiedKey, cert_path: &Path, key_path: &Path) -> Result<(), LoadError> {
     match certified.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
         Err(rustls::Error::InconsistentKeys(_)) => Err(LoadError::new(
@@ -149,18 +145,13 @@ pub(crate) fn check_validity(info: &CertInfo, now: i64, path: &Path) -> Result<(
 }
 
 /// Verifies `chain` (leaf first) against `roots` as its peers will.
-fn verify_chain(
-    chain: &[CertificateDer<'static>],
-    roots: &Arc<RootCertStore>,
-    usage: Usage,
-) -> Result<(), String> {
+fn verify_chain(chain: &[CertificateDer<'static>], roots: &Arc<RootCertStore>, usage: Usage) -> Result<(), String> {
     let (leaf, intermediates) = chain.split_first().ok_or("empty chain")?;
     let provider = load::provider();
     let now = UnixTime::now();
     match usage {
         Usage::Server => {
-            let parsed =
-                rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
+            let parsed = rustls::server::ParsedCertificate::try_from(leaf).map_err(|e| e.to_string())?;
             rustls::client::verify_server_cert_signed_by_trust_anchor(
                 &parsed,
                 roots,
@@ -171,12 +162,9 @@ fn verify_chain(
             .map_err(|e| e.to_string())
         }
         Usage::Client => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                roots.clone(),
-                provider,
-            )
-            .build()
-            .map_err(|e| e.to_string())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+                .build()
+                .map_err(|e| e.to_string())?;
             verifier
                 .verify_client_cert(leaf, intermediates, now)
                 .map(|_| ())

@@ -7,17 +7,12 @@
 //! messages cannot be set this way and say so.
 
 use base64::Engine;
-use prost_reflect::{
-    DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value,
-};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage, Value};
 
 use super::FieldViolation;
 
 /// Resolves a dotted path to the chain of field descriptors it names.
-pub(crate) fn resolve_path(
-    message: &MessageDescriptor,
-    path: &str,
-) -> Result<Vec<FieldDescriptor>, FieldViolation> {
+pub(crate) fn resolve_path(message: &MessageDescriptor, path: &str) -> Result<Vec<FieldDescriptor>, FieldViolation> {
     let mut fields = Vec::new();
     let mut current = message.clone();
     let segments: Vec<&str> = path.split('.').collect();
@@ -25,18 +20,11 @@ pub(crate) fn resolve_path(
         let field = current
             .get_field_by_name(segment)
             .or_else(|| current.get_field_by_json_name(segment))
-            .ok_or_else(|| {
-                FieldViolation::new(
-                    path,
-                    format!("{} has no field \"{segment}\"", current.full_name()),
-                )
-            })?;
+            .ok_or_else(|| FieldViolation::new(path, format!("{} has no field \"{segment}\"", current.full_name())))?;
         let last = i + 1 == segments.len();
         if !last {
             match field.kind() {
-                Kind::Message(inner)
-                    if !field.is_list() && !field.is_map() && !has_text_form(&inner) =>
-                {
+                Kind::Message(inner) if !field.is_list() && !field.is_map() && !has_text_form(&inner) => {
                     current = inner;
                 }
                 _ => {
@@ -57,11 +45,7 @@ pub(crate) fn resolve_path(
 }
 
 /// Sets the field at `path` from `values` (several only for repeated fields).
-pub(crate) fn set_from_text(
-    message: &mut DynamicMessage,
-    path: &str,
-    values: &[&str],
-) -> Result<(), FieldViolation> {
+pub(crate) fn set_from_text(message: &mut DynamicMessage, path: &str, values: &[&str]) -> Result<(), FieldViolation> {
     let fields = resolve_path(&message.descriptor(), path)?;
     let Some((leaf, parents)) = fields.split_last() else {
         return Err(FieldViolation::new(path, "empty field path"));
@@ -81,10 +65,7 @@ pub(crate) fn set_from_text(
     if !leaf.is_list() && values.len() > 1 {
         return Err(FieldViolation::new(
             path,
-            format!(
-                "given {} times, but the field is not repeated",
-                values.len()
-            ),
+            format!("given {} times, but the field is not repeated", values.len()),
         ));
     }
     let mut target = message;
@@ -146,14 +127,8 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
             Value::I64(text.parse().map_err(|_| expected("a 64-bit integer"))?)
         }
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(
-            text.parse()
-                .map_err(|_| expected("an unsigned 32-bit integer"))?,
-        ),
-        Kind::Uint64 | Kind::Fixed64 => Value::U64(
-            text.parse()
-                .map_err(|_| expected("an unsigned 64-bit integer"))?,
-        ),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(text.parse().map_err(|_| expected("an unsigned 32-bit integer"))?),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(text.parse().map_err(|_| expected("an unsigned 64-bit integer"))?),
         Kind::Bool => Value::Bool(match text {
             "true" | "1" => true,
             "false" | "0" => false,
@@ -171,11 +146,7 @@ pub(crate) fn parse_value(kind: &Kind, text: &str) -> Result<Value, String> {
             } else if let Ok(number) = text.parse::<i32>() {
                 Value::EnumNumber(number)
             } else {
-                let names: Vec<_> = enum_desc
-                    .values()
-                    .map(|v| v.name().to_string())
-                    .take(20)
-                    .collect();
+                let names: Vec<_> = enum_desc.values().map(|v| v.name().to_string()).take(20).collect();
                 return Err(format!(
                     "\"{}\" is not a value of {}; expected one of {} or a number",
                     shorten(text),
@@ -223,12 +194,7 @@ fn parse_float(text: &str) -> Option<f64> {
         "Infinity" => Some(f64::INFINITY),
         "-Infinity" => Some(f64::NEG_INFINITY),
         // Rust also accepts "inf" and "nan"; the JSON mapping does not.
-        _ if text
-            .chars()
-            .any(|c| c.is_ascii_alphabetic() && c != 'e' && c != 'E') =>
-        {
-            None
-        }
+        _ if text.chars().any(|c| c.is_ascii_alphabetic() && c != 'e' && c != 'E') => None,
         _ => text.parse().ok(),
     }
 }

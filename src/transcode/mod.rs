@@ -14,8 +14,7 @@ use std::fmt;
 use bytes::Bytes;
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage,
-    SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage, SerializeOptions,
 };
 use serde::Serialize;
 
@@ -108,12 +107,9 @@ impl JsonCodec {
                 return Err(FieldViolation::new(field, description));
             }
         };
-        deserializer.end().map_err(|e| {
-            FieldViolation::new(
-                prefix,
-                format!("unexpected data after the JSON value ({e})"),
-            )
-        })?;
+        deserializer
+            .end()
+            .map_err(|e| FieldViolation::new(prefix, format!("unexpected data after the JSON value ({e})")))?;
         Ok(message)
     }
 
@@ -132,11 +128,8 @@ impl JsonCodec {
     /// Prints one field of a message (`response_body`), by its proto name.
     pub(crate) fn print_field(&self, message: &DynamicMessage, field: &str) -> Vec<u8> {
         let options = self.print.clone().skip_default_fields(false);
-        let value = non_finite::serialize(
-            &WithOptions(message, &options),
-            serde_json::value::Serializer,
-        )
-        .unwrap_or(serde_json::Value::Null);
+        let value = non_finite::serialize(&WithOptions(message, &options), serde_json::value::Serializer)
+            .unwrap_or(serde_json::Value::Null);
         let key = message
             .descriptor()
             .get_field_by_name(field)

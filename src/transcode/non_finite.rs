@@ -10,10 +10,7 @@
 use serde::ser::{self, Serialize, Serializer};
 
 /// Serializes `value` through `serializer`, mapping non-finite floats to strings.
-pub(crate) fn serialize<T: Serialize + ?Sized, S: Serializer>(
-    value: &T,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<T: Serialize + ?Sized, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
     value.serialize(NonFinite(serializer))
 }
 
@@ -96,11 +93,7 @@ impl<S: Serializer> Serializer for NonFinite<S> {
         self.0.serialize_some(&Wrapped(value))
     }
 
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<S::Ok, S::Error> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, name: &'static str, value: &T) -> Result<S::Ok, S::Error> {
         self.0.serialize_newtype_struct(name, &Wrapped(value))
     }
 
@@ -111,8 +104,7 @@ impl<S: Serializer> Serializer for NonFinite<S> {
         variant: &'static str,
         value: &T,
     ) -> Result<S::Ok, S::Error> {
-        self.0
-            .serialize_newtype_variant(name, index, variant, &Wrapped(value))
+        self.0.serialize_newtype_variant(name, index, variant, &Wrapped(value))
     }
 
     fn serialize_seq(self, len: Option<usize>) -> Result<Self::SerializeSeq, S::Error> {
@@ -123,11 +115,7 @@ impl<S: Serializer> Serializer for NonFinite<S> {
         self.0.serialize_tuple(len).map(NonFinite)
     }
 
-    fn serialize_tuple_struct(
-        self,
-        name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeTupleStruct, S::Error> {
+    fn serialize_tuple_struct(self, name: &'static str, len: usize) -> Result<Self::SerializeTupleStruct, S::Error> {
         self.0.serialize_tuple_struct(name, len).map(NonFinite)
     }
 
@@ -138,20 +126,14 @@ impl<S: Serializer> Serializer for NonFinite<S> {
         variant: &'static str,
         len: usize,
     ) -> Result<Self::SerializeTupleVariant, S::Error> {
-        self.0
-            .serialize_tuple_variant(name, index, variant, len)
-            .map(NonFinite)
+        self.0.serialize_tuple_variant(name, index, variant, len).map(NonFinite)
     }
 
     fn serialize_map(self, len: Option<usize>) -> Result<Self::SerializeMap, S::Error> {
         self.0.serialize_map(len).map(NonFinite)
     }
 
-    fn serialize_struct(
-        self,
-        name: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeStruct, S::Error> {
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<Self::SerializeStruct, S::Error> {
         self.0.serialize_struct(name, len).map(NonFinite)
     }
 
@@ -229,11 +211,7 @@ impl<S: ser::SerializeMap> ser::SerializeMap for NonFinite<S> {
 impl<S: ser::SerializeStruct> ser::SerializeStruct for NonFinite<S> {
     type Ok = S::Ok;
     type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), S::Error> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), S::Error> {
         self.0.serialize_field(key, &Wrapped(value))
     }
     fn end(self) -> Result<S::Ok, S::Error> {
@@ -244,11 +222,7 @@ impl<S: ser::SerializeStruct> ser::SerializeStruct for NonFinite<S> {
 impl<S: ser::SerializeStructVariant> ser::SerializeStructVariant for NonFinite<S> {
     type Ok = S::Ok;
     type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), S::Error> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), S::Error> {
         self.0.serialize_field(key, &Wrapped(value))
     }
     fn end(self) -> Result<S::Ok, S::Error> {
@@ -260,12 +234,7 @@ impl<S: ser::SerializeStructVariant> ser::SerializeStructVariant for NonFinite<S
 mod tests {
     #[test]
     fn non_finite_floats_become_strings_at_any_depth() {
-        let value = (
-            f64::NAN,
-            vec![f32::INFINITY, 1.5],
-            Some(f64::NEG_INFINITY),
-            2.0f64,
-        );
+        let value = (f64::NAN, vec![f32::INFINITY, 1.5], Some(f64::NEG_INFINITY), 2.0f64);
         let mut out = Vec::new();
         super::serialize(&value, &mut serde_json::Serializer::new(&mut out)).unwrap();
         assert_eq!(

@@ -45,15 +45,11 @@ impl Balancer {
         match self.kind {
             BalancerKind::RoundRobin => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..n)
-                    .map(|k| &endpoints[(start + k) % n])
-                    .find(|e| usable(e))
+                (0..n).map(|k| &endpoints[(start + k) % n]).find(|e| usable(e))
             }
             BalancerKind::Random => {
                 let start = fastrand::usize(..n);
-                (0..n)
-                    .map(|k| &endpoints[(start + k) % n])
-                    .find(|e| usable(e))
+                (0..n).map(|k| &endpoints[(start + k) % n]).find(|e| usable(e))
             }
             BalancerKind::PeakEwma | BalancerKind::LeastRequest => {
                 let cost = |e: &Endpoint| match self.kind {

@@ -60,15 +60,12 @@ pub(crate) struct CallGuard {
     client_deadline: bool,
     /// The call's place under the cluster's limits, held until it ends.
     admitted: Option<Admitted>,
+    /// The gRPC code the call ended with, once known.
+    code: Option<Code>,
 }
 
 impl CallGuard {
-    pub(crate) fn new(
-        endpoint: Arc<Endpoint>,
-        slot: Slot,
-        probe: bool,
-        client_deadline: bool,
-    ) -> Self {
+    pub(crate) fn new(endpoint: Arc<Endpoint>, slot: Slot, probe: bool, client_deadline: bool) -> Self {
         Self {
             endpoint,
             slot,
@@ -77,6 +74,7 @@ impl CallGuard {
             probe,
             client_deadline,
             admitted: None,
+            code: None,
         }
     }
 
@@ -87,6 +85,12 @@ impl CallGuard {
     /// Finishes with the status the backend sent.
     pub(crate) fn finish_with(&mut self, code: Code) {
         self.outcome = Outcome::of_code(code, self.client_deadline);
+        self.code = Some(code);
+    }
+
+    /// Records the code of a status the gateway made for this call.
+    pub(crate) fn set_code(&mut self, code: Code) {
+        self.code = Some(code);
     }
 
     /// Keeps the call counted under the cluster's limits for as long as it lives.
@@ -105,6 +109,7 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        self.endpoint.count_code(self.code.unwrap_or(Code::Cancelled));
         self.endpoint.end_call(self.outcome, self.probe);
     }
 }
@@ -282,13 +287,11 @@ impl Activity {
     }
 
     fn touch(&self) {
-        self.last_nanos
-            .store(self.clock.now_nanos(), Ordering::Relaxed);
+        self.last_nanos.store(self.clock.now_nanos(), Ordering::Relaxed);
     }
 
     fn last(&self) -> Instant {
-        self.clock
-            .instant_at(self.last_nanos.load(Ordering::Relaxed))
+        self.clock.instant_at(self.last_nanos.load(Ordering::Relaxed))
     }
 }
 
@@ -386,12 +389,7 @@ pub(crate) struct UpstreamBody {
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(
-        recv: h2::RecvStream,
-        timers: Timers,
-        headers: &HeaderMap,
-        mut guard: CallGuard,
-    ) -> Self {
+    pub(crate) fn new(recv: h2::RecvStream, timers: Timers, headers: &HeaderMap, mut guard: CallGuard) -> Self {
         let status_in_headers = match Status::from_headers(headers) {
             Some(status) => {
                 guard.finish_with(status.code);
@@ -417,6 +415,7 @@ impl UpstreamBody {
     fn fail(&mut self, status: Status, outcome: Outcome) -> Poll<Option<Frame<Bytes>>> {
         self.state = State::Done;
         self.guard.finish(outcome);
+        self.guard.set_code(status.code);
         tracing::debug!(endpoint = %self.guard.endpoint().target, %status, "upstream call ended by the gateway");
         Poll::Ready(Some(Frame::trailers(status.to_trailers())))
     }
@@ -470,10 +469,7 @@ impl UpstreamBody {
                 Poll::Ready(None)
             }
             Ok(None) => self.fail(
-                Status::new(
-                    Code::Internal,
-                    "upstream ended the stream without a grpc-status",
-                ),
+                Status::new(Code::Internal, "upstream ended the stream without a grpc-status"),
                 Outcome::Failure,
             ),
             Err(e) => self.stream_error(&e),
@@ -505,10 +501,7 @@ pub(crate) fn status_for_stream_error(error: &h2::Error, target: &str) -> (Statu
         return (Status::new(code, message), outcome);
     }
     (
-        Status::new(
-            Code::Unavailable,
-            format!("upstream {target} connection lost: {error}"),
-        ),
+        Status::new(Code::Unavailable, format!("upstream {target} connection lost: {error}")),
         Outcome::Failure,
     )
 }

@@ -24,11 +24,7 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// Resolves a host name to addresses.
 pub trait Resolve: Send + Sync + 'static {
     /// Every address of `host`, with `port`.
-    fn resolve(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+    fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
 }
 
 /// The system resolver (getaddrinfo, through tokio).
@@ -36,11 +32,7 @@ pub trait Resolve: Send + Sync + 'static {
 pub struct SystemResolver;
 
 impl Resolve for SystemResolver {
-    fn resolve(
-        &self,
-        host: &str,
-        port: u16,
-    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
+    fn resolve(&self, host: &str, port: u16) -> Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>> {
         let target = format!("{host}:{port}");
         Box::pin(async move { Ok(tokio::net::lookup_host(target).await?.collect()) })
     }
@@ -75,14 +67,10 @@ pub(crate) async fn run(
                 strong.set_endpoints(&addresses);
             }
             Ok(_) => {
-                strong.discovery_failed(format!(
-                    "{host} resolved to no address; keeping the last good set"
-                ));
+                strong.discovery_failed(format!("{host} resolved to no address; keeping the last good set"));
             }
             Err(error) => {
-                strong.discovery_failed(format!(
-                    "resolving {host} failed: {error}; keeping the last good set"
-                ));
+                strong.discovery_failed(format!("resolving {host} failed: {error}; keeping the last good set"));
             }
         }
         drop(strong);

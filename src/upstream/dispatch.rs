@@ -15,9 +15,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::time::Instant;
 
-use super::call::{
-    Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error,
-};
+use super::call::{Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error};
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
 use super::pool::PoolError;
@@ -32,11 +30,7 @@ const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
 impl Cluster {
     /// Makes one call and returns the response as soon as its headers arrive
     /// (the body streams on). Failures become gRPC trailers-only responses.
-    pub(crate) async fn call(
-        &self,
-        request: Request<Body>,
-        options: CallOptions,
-    ) -> Response<Body> {
+    pub(crate) async fn call(&self, request: Request<Body>, options: CallOptions) -> Response<Body> {
         let admitted = match self.limits.admit(options.streaming) {
             Ok(admitted) => admitted,
             Err(overflow) => return self.overloaded(overflow),
@@ -53,9 +47,7 @@ impl Cluster {
         let client_deadline = options.deadline.is_some_and(|d| d.from_client);
         let mut timers = Timers::new(
             options.deadline,
-            options
-                .idle_timeout
-                .map(|limit| (limit, Activity::new(self.clock))),
+            options.idle_timeout.map(|limit| (limit, Activity::new(self.clock))),
         );
         let pool_deadline = options.deadline.map(|d| d.at);
         let mut admitted = Some(admitted);
@@ -83,10 +75,7 @@ impl Cluster {
                 }
             };
             let mut guard = CallGuard::new(endpoint, slot, probe, client_deadline);
-            let Some(request_body) = body
-                .take()
-                .or_else(|| replay.as_ref().and_then(Replay::body))
-            else {
+            let Some(request_body) = body.take().or_else(|| replay.as_ref().and_then(Replay::body)) else {
                 break;
             };
             let end_of_stream = request_body.is_end_stream();
@@ -98,10 +87,7 @@ impl Cluster {
                     guard.slot().retire_connection();
                     last_failure = Some(Status::new(
                         Code::Unavailable,
-                        format!(
-                            "upstream {} connection closing: {error}",
-                            guard.endpoint().target
-                        ),
+                        format!("upstream {} connection closing: {error}", guard.endpoint().target),
                     ));
                     body = Some(request_body);
                     continue;
@@ -112,12 +98,8 @@ impl Cluster {
                 drop(send);
             } else {
                 let activity = timers.idle.as_ref().map(|(_, a)| a.clone());
-                let mut pump = RequestPump::new(
-                    request_body,
-                    send,
-                    Some(Replay::new(self.max_replay_buffer)),
-                    activity,
-                );
+                let mut pump =
+                    RequestPump::new(request_body, send, Some(Replay::new(self.max_replay_buffer)), activity);
                 // Most unary requests are complete already: send them inline and
                 // keep them for a retry; only a body still arriving gets a task.
                 match std::future::poll_fn(|cx| std::task::Poll::Ready(pump.poll_pump(cx))).await {
@@ -149,11 +131,7 @@ impl Cluster {
                             Pushback::Wait(wait) => Some(wait),
                             Pushback::None => Some(self.retries.backoff(retries_made + 1)),
                         };
-                        let in_time = |wait| {
-                            options
-                                .deadline
-                                .is_none_or(|d| Instant::now() + wait < d.at)
-                        };
+                        let in_time = |wait| options.deadline.is_none_or(|d| Instant::now() + wait < d.at);
                         let active = {
                             let (unary, streams, _) = self.limits.in_flight();
                             unary + streams
@@ -173,16 +151,15 @@ impl Cluster {
                         }
                     }
                     guard.hold(admitted.take());
-                    return self.response(response, guard, timers);
+                    return self.response(response, guard, timers, retries_made);
                 }
                 Ok(Err(error)) => {
-                    let unprocessed = error.reason() == Some(h2::Reason::REFUSED_STREAM)
-                        || (error.is_go_away() && error.is_remote());
+                    let unprocessed =
+                        error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote());
                     if error.is_go_away() || error.is_io() {
                         guard.slot().retire_connection();
                     }
-                    let (status, outcome) =
-                        status_for_stream_error(&error, &guard.endpoint().target);
+                    let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
                     if unprocessed && replay.as_ref().and_then(Replay::body).is_some() {
                         // The backend never processed it: safe to send elsewhere.
                         guard.finish(Outcome::Neutral);
@@ -190,15 +167,13 @@ impl Cluster {
                         last_failure = Some(status);
                         continue;
                     }
-                    guard.finish(if unprocessed {
-                        Outcome::Neutral
-                    } else {
-                        outcome
-                    });
+                    guard.finish(if unprocessed { Outcome::Neutral } else { outcome });
+                    guard.set_code(status.code);
                     return status.to_grpc_response();
                 }
                 Err(status) => {
                     guard.finish(timers.deadline_outcome());
+                    guard.set_code(status.code);
                     return status.to_grpc_response();
                 }
             }
@@ -230,10 +205,7 @@ impl Cluster {
             })
             // Every endpoint is backing off after connect failures: try one
             // anyway rather than fail without trying.
-            .or_else(|| {
-                self.balancer
-                    .pick(&endpoints, now, |e| untried(e) && e.in_service(now))
-            })
+            .or_else(|| self.balancer.pick(&endpoints, now, |e| untried(e) && e.in_service(now)))
             .map(|e| (e.clone(), false))
     }
 
@@ -247,13 +219,7 @@ impl Cluster {
     ) -> Request<()> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
-        uri.authority = Some(
-            parts
-                .uri
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| endpoint.clone()),
-        );
+        uri.authority = Some(parts.uri.authority().cloned().unwrap_or_else(|| endpoint.clone()));
         uri.path_and_query = parts.uri.path_and_query().cloned();
         let mut head = Request::new(());
         *head.method_mut() = parts.method.clone();
@@ -270,7 +236,24 @@ impl Cluster {
         head
     }
 
+    /// The client's response, marked with the endpoint that served it.
     fn response(
+        &self,
+        response: http::Response<h2::RecvStream>,
+        guard: CallGuard,
+        timers: Timers,
+        retries: u32,
+    ) -> Response<Body> {
+        let served = crate::telemetry::Served {
+            endpoint: guard.endpoint().target.clone(),
+            retries,
+        };
+        let mut response = self.convert(response, guard, timers);
+        response.extensions_mut().insert(served);
+        response
+    }
+
+    fn convert(
         &self,
         response: http::Response<h2::RecvStream>,
         mut guard: CallGuard,
@@ -300,9 +283,7 @@ impl Cluster {
             let content_type = parts
                 .headers
                 .get(http::header::CONTENT_TYPE)
-                .map_or("none".into(), |v| {
-                    String::from_utf8_lossy(v.as_bytes()).into_owned()
-                });
+                .map_or("none".into(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             return Status::new(
                 Code::Unknown,
                 format!(
@@ -328,10 +309,9 @@ impl Cluster {
             ),
         );
         let mut response = status.to_grpc_response();
-        response.headers_mut().insert(
-            OVERLOADED_HEADER,
-            HeaderValue::from_static(overflow.as_str()),
-        );
+        response
+            .headers_mut()
+            .insert(OVERLOADED_HEADER, HeaderValue::from_static(overflow.as_str()));
         response
     }
 }

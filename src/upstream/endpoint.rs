@@ -50,6 +50,8 @@ pub(crate) struct Endpoint {
     rtt: PeakEwma,
     calls: AtomicU64,
     failures: AtomicU64,
+    /// Finished calls by the gRPC code they ended with.
+    codes: [AtomicU64; 17],
 }
 
 impl Endpoint {
@@ -73,7 +75,18 @@ impl Endpoint {
             rtt: PeakEwma::default(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            codes: Default::default(),
         }
+    }
+
+    /// Counts a finished call under its gRPC code.
+    pub(crate) fn count_code(&self, code: crate::status::Code) {
+        self.codes[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Finished calls per gRPC code.
+    pub(crate) fn code_counts(&self) -> [u64; 17] {
+        std::array::from_fn(|i| self.codes[i].load(Ordering::Relaxed))
     }
 
     /// Whether normal calls may be sent here now (probes are chosen separately).
@@ -85,9 +98,7 @@ impl Endpoint {
 
     /// Whether this endpoint's single probe call is due and may be claimed.
     pub(crate) fn claim_probe(&self, now: u64) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.health() != Health::Unhealthy
-            && self.outlier.claim_probe(now)
+        !self.draining.load(Ordering::Relaxed) && self.health() != Health::Unhealthy && self.outlier.claim_probe(now)
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -220,11 +231,7 @@ mod tests {
         ewma.observe(SEC, 10.0 * MS);
         assert_eq!(ewma.estimate(SEC), 10.0 * MS);
         ewma.observe(SEC, 50.0 * MS);
-        assert_eq!(
-            ewma.estimate(SEC),
-            50.0 * MS,
-            "a higher sample is the new estimate"
-        );
+        assert_eq!(ewma.estimate(SEC), 50.0 * MS, "a higher sample is the new estimate");
         ewma.observe(SEC + SEC / 10, 10.0 * MS);
         let after = ewma.estimate(SEC + SEC / 10);
         assert!(after < 50.0 * MS && after > 40.0 * MS, "{after}");
@@ -235,9 +242,6 @@ mod tests {
         let ewma = PeakEwma::default();
         ewma.observe(0, 100.0 * MS);
         let later = ewma.estimate(10 * SEC);
-        assert!(
-            (later - 100.0 * MS / std::f64::consts::E).abs() < MS,
-            "{later}"
-        );
+        assert!((later - 100.0 * MS / std::f64::consts::E).abs() < MS, "{later}");
     }
 }

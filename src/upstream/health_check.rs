@@ -78,12 +78,7 @@ pub(crate) async fn run(endpoint: Weak<Endpoint>, settings: HealthSettings, limi
         if endpoint.is_draining() {
             return;
         }
-        let verdict = match tokio::time::timeout(
-            settings.timeout,
-            check(&endpoint, &settings.service, &limits),
-        )
-        .await
-        {
+        let verdict = match tokio::time::timeout(settings.timeout, check(&endpoint, &settings.service, &limits)).await {
             Ok(Ok(verdict)) => verdict,
             Ok(Err(why)) => Verdict::NotServing(why),
             Err(_) => Verdict::NotServing(format!("no answer within {:?}", settings.timeout)),
@@ -104,8 +99,7 @@ pub(crate) async fn run(endpoint: Weak<Endpoint>, settings: HealthSettings, limi
             Verdict::NotServing(why) => {
                 passed = 0;
                 failed = failed.saturating_add(1);
-                if failed >= settings.unhealthy_threshold && endpoint.health() != Health::Unhealthy
-                {
+                if failed >= settings.unhealthy_threshold && endpoint.health() != Health::Unhealthy {
                     tracing::warn!(endpoint = %endpoint.target, %why, "health check: unhealthy");
                     endpoint.set_health(Health::Unhealthy);
                 }
@@ -114,25 +108,15 @@ pub(crate) async fn run(endpoint: Weak<Endpoint>, settings: HealthSettings, limi
     }
 }
 
-async fn check(
-    endpoint: &Endpoint,
-    service: &str,
-    limits: &Arc<Limits>,
-) -> Result<Verdict, String> {
-    let slot = endpoint
-        .pool
-        .acquire(None, limits)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn check(endpoint: &Endpoint, service: &str, limits: &Arc<Limits>) -> Result<Verdict, String> {
+    let slot = endpoint.pool.acquire(None, limits).await.map_err(|e| e.to_string())?;
     let uri = format!("http://{}/grpc.health.v1.Health/Check", endpoint.authority);
     let mut head = Request::new(());
     *head.method_mut() = http::Method::POST;
     *head.uri_mut() = uri.parse().map_err(|e| format!("{e}"))?;
     *head.version_mut() = http::Version::HTTP_2;
-    head.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
+    head.headers_mut()
+        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     head.headers_mut()
         .insert(http::header::TE, HeaderValue::from_static("trailers"));
     let (response, mut send) = slot.send_request(head, false).map_err(|e| e.to_string())?;
@@ -156,27 +140,17 @@ async fn check(
             return Err("health response too large".into());
         }
     }
-    let trailers = body
-        .trailers()
-        .await
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
+    let trailers = body.trailers().await.map_err(|e| e.to_string())?.unwrap_or_default();
     let status = Status::from_headers(&trailers).ok_or("health response carried no grpc-status")?;
     let message = data.get(5..).map(HealthCheckResponse::decode);
     verdict_for_status(&status, message.and_then(Result::ok))
 }
 
-fn verdict_for_status(
-    status: &Status,
-    message: Option<HealthCheckResponse>,
-) -> Result<Verdict, String> {
+fn verdict_for_status(status: &Status, message: Option<HealthCheckResponse>) -> Result<Verdict, String> {
     match (status.code, message) {
         (Code::Unimplemented, _) => Ok(Verdict::Unimplemented),
         (Code::Ok, Some(response)) if response.status == SERVING => Ok(Verdict::Serving),
-        (Code::Ok, Some(response)) => Ok(Verdict::NotServing(format!(
-            "status {}",
-            serving_name(response.status)
-        ))),
+        (Code::Ok, Some(response)) => Ok(Verdict::NotServing(format!("status {}", serving_name(response.status)))),
         (Code::Ok, None) => Err("health response had no message".into()),
         (code, _) => Ok(Verdict::NotServing(format!("{code}: {}", status.message))),
     }

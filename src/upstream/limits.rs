@@ -20,8 +20,7 @@ pub(crate) enum Overflow {
 }
 
 impl Overflow {
-    pub(crate) const ALL: [Overflow; 3] =
-        [Overflow::Requests, Overflow::Streams, Overflow::Pending];
+    pub(crate) const ALL: [Overflow; 3] = [Overflow::Requests, Overflow::Streams, Overflow::Pending];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -64,9 +63,7 @@ impl Limits {
             (&self.requests, self.max_requests, Overflow::Requests)
         };
         if counter
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
             .is_err()
         {
             self.count(overflow);
@@ -83,17 +80,13 @@ impl Limits {
         let max = self.max_pending;
         if self
             .pending
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
             .is_err()
         {
             self.count(Overflow::Pending);
             return Err(Overflow::Pending);
         }
-        Ok(Waiting {
-            limits: self.clone(),
-        })
+        Ok(Waiting { limits: self.clone() })
     }
 
     fn count(&self, overflow: Overflow) {

@@ -103,12 +103,11 @@ impl Cluster {
         let discovery = match &upstream.dns {
             None => None,
             Some(dns) => {
-                let (host, port) = discovery::split_host_port(dns).ok_or_else(|| {
-                    format!("upstreams.{name}.dns: expected host:port, got \"{dns}\"")
-                })?;
-                let authority: Authority = dns.parse().map_err(|e| {
-                    format!("upstreams.{name}.dns: \"{dns}\" is not a valid authority: {e}")
-                })?;
+                let (host, port) = discovery::split_host_port(dns)
+                    .ok_or_else(|| format!("upstreams.{name}.dns: expected host:port, got \"{dns}\""))?;
+                let authority: Authority = dns
+                    .parse()
+                    .map_err(|e| format!("upstreams.{name}.dns: \"{dns}\" is not a valid authority: {e}"))?;
                 Some(Discovery {
                     host,
                     port,
@@ -133,18 +132,15 @@ impl Cluster {
             limits: Limits::new(&upstream.limits),
             retries: Retries::new(&upstream.retry),
             max_replay_buffer: upstream.retry.max_replay_buffer.as_usize(),
-            health: upstream
-                .health_check
-                .as_ref()
-                .map(HealthSettings::from_config),
+            health: upstream.health_check.as_ref().map(HealthSettings::from_config),
             discovery,
             resolver,
         });
         let mut endpoints = Vec::with_capacity(upstream.endpoints.len());
         for target in &upstream.endpoints {
-            let authority: Authority = target.parse().map_err(|e| {
-                format!("upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}")
-            })?;
+            let authority: Authority = target
+                .parse()
+                .map_err(|e| format!("upstreams.{name}.endpoints: \"{target}\" is not a valid authority: {e}"))?;
             endpoints.push(cluster.make_endpoint(Arc::from(target.as_str()), authority));
         }
         cluster.endpoints.store(Arc::new(endpoints));
@@ -176,10 +172,9 @@ impl Cluster {
                     return;
                 };
                 let endpoints = cluster.endpoints.load();
-                cluster.detector.evaluate(
-                    endpoints.iter().map(|e| &e.outlier),
-                    cluster.clock.now_nanos(),
-                );
+                cluster
+                    .detector
+                    .evaluate(endpoints.iter().map(|e| &e.outlier), cluster.clock.now_nanos());
             }
         });
         for endpoint in self.endpoints.load().iter() {
@@ -222,10 +217,7 @@ impl Cluster {
             .filter(|e| wanted.iter().any(|w| **w == *e.target))
             .cloned()
             .collect();
-        for endpoint in current
-            .iter()
-            .filter(|e| !wanted.iter().any(|w| **w == *e.target))
-        {
+        for endpoint in current.iter().filter(|e| !wanted.iter().any(|w| **w == *e.target)) {
             tracing::info!(upstream = %self.name, endpoint = %endpoint.target, "endpoint left DNS: draining");
             endpoint.drain();
             if let Ok(mut draining) = self.draining.lock() {
@@ -236,8 +228,7 @@ impl Cluster {
         for address in &wanted {
             if !next.iter().any(|e| *e.target == **address) {
                 tracing::info!(upstream = %self.name, endpoint = %address, "endpoint joined from DNS");
-                let endpoint =
-                    self.make_endpoint(Arc::from(address.as_str()), discovery.authority.clone());
+                let endpoint = self.make_endpoint(Arc::from(address.as_str()), discovery.authority.clone());
                 self.start_health_check(&endpoint);
                 next.push(endpoint);
             }
@@ -245,10 +236,7 @@ impl Cluster {
         next.sort_by(|a, b| a.target.cmp(&b.target));
         self.detector.set_endpoint_count(next.len());
         self.endpoints.store(Arc::new(next));
-        if !discovery
-            .resolved_once
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
+        if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
             discovery.resolved.notify_waiters();
         }
     }
@@ -259,10 +247,7 @@ impl Cluster {
             if let Ok(mut last) = discovery.last_error.lock() {
                 *last = Some(why);
             }
-            if !discovery
-                .resolved_once
-                .swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
+            if !discovery.resolved_once.swap(true, std::sync::atomic::Ordering::AcqRel) {
                 discovery.resolved.notify_waiters();
             }
         }
@@ -274,10 +259,7 @@ impl Cluster {
             let notified = discovery.resolved.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if !discovery
-                .resolved_once
-                .load(std::sync::atomic::Ordering::Acquire)
-            {
+            if !discovery.resolved_once.load(std::sync::atomic::Ordering::Acquire) {
                 let _ = tokio::time::timeout(self.settings.pending_timeout, notified).await;
             }
         }
@@ -299,12 +281,8 @@ impl Cluster {
     /// What the cluster believes about itself and each endpoint now.
     pub(crate) fn snapshot(&self) -> ClusterSnapshot {
         let now = self.clock.now_nanos();
-        let mut endpoints: Vec<EndpointSnapshot> = self
-            .endpoints
-            .load()
-            .iter()
-            .map(|e| self.describe(e, now))
-            .collect();
+        let mut endpoints: Vec<EndpointSnapshot> =
+            self.endpoints.load().iter().map(|e| self.describe(e, now)).collect();
         if let Ok(draining) = self.draining.lock() {
             endpoints.extend(
                 draining
@@ -355,9 +333,7 @@ impl Cluster {
             }
         };
         let ejected_for = match standing {
-            Standing::Ejected { until_nanos } => {
-                Some(Duration::from_nanos(until_nanos - now).as_secs_f64())
-            }
+            Standing::Ejected { until_nanos } => Some(Duration::from_nanos(until_nanos - now).as_secs_f64()),
             _ => None,
         };
         EndpointSnapshot {
@@ -374,11 +350,22 @@ impl Cluster {
             rtt_ms: e.rtt_estimate(&self.clock).as_secs_f64() * 1000.0,
             connections: e.pool.connection_loads(),
             ejected_for_seconds: ejected_for,
-            ejection_reason: (standing != Standing::InService)
-                .then(|| e.outlier.reason())
-                .flatten(),
+            ejection_reason: (standing != Standing::InService).then(|| e.outlier.reason()).flatten(),
             times_ejected: e.outlier.times_ejected(),
             total_ejections: e.outlier.total_ejections(),
+            ejections_by_reason: e
+                .outlier
+                .ejections_by_reason()
+                .iter()
+                .map(|(r, n)| (r.as_str(), *n))
+                .collect(),
+            calls_by_code: e
+                .code_counts()
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| (crate::status::Code::ALL[i].as_str(), *n))
+                .collect(),
             last_error: e.pool.last_error(),
         }
     }
@@ -453,16 +440,16 @@ pub struct EndpointSnapshot {
     pub times_ejected: u32,
     /// Ejections since start-up.
     pub total_ejections: u64,
+    /// Ejections since start-up, by reason (`consecutive_failures`, `failure_percentage`, `probe_failed`).
+    pub ejections_by_reason: Vec<(&'static str, u64)>,
+    /// Finished calls by gRPC code (codes never seen are left out).
+    pub calls_by_code: Vec<(&'static str, u64)>,
     /// The last connect error.
     pub last_error: Option<String>,
 }
 
 /// Adds `x-forwarded-for` and `x-forwarded-proto` to a request's metadata.
-pub(crate) fn add_forwarded(
-    headers: &mut http::HeaderMap,
-    client: Option<&HeaderValue>,
-    proto: &'static str,
-) {
+pub(crate) fn add_forwarded(headers: &mut http::HeaderMap, client: Option<&HeaderValue>, proto: &'static str) {
     if let Some(client) = client {
         match headers.get(X_FORWARDED_FOR) {
             Some(existing) => {

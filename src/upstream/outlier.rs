@@ -81,6 +81,32 @@ pub(crate) struct OutlierState {
     probing: AtomicBool,
     readmitted_at: AtomicU64,
     reason: Mutex<Option<String>>,
+    /// Ejections by why: consecutive failures, failure percentage, failed probe.
+    by_reason: [AtomicU64; 3],
+}
+
+/// Why an endpoint was ejected, for metrics (the text reason says more).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EjectionReason {
+    ConsecutiveFailures = 0,
+    FailurePercentage = 1,
+    ProbeFailed = 2,
+}
+
+impl EjectionReason {
+    pub(crate) const ALL: [EjectionReason; 3] = [
+        EjectionReason::ConsecutiveFailures,
+        EjectionReason::FailurePercentage,
+        EjectionReason::ProbeFailed,
+    ];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EjectionReason::ConsecutiveFailures => "consecutive_failures",
+            EjectionReason::FailurePercentage => "failure_percentage",
+            EjectionReason::ProbeFailed => "probe_failed",
+        }
+    }
 }
 
 impl OutlierState {
@@ -126,6 +152,11 @@ impl OutlierState {
 
     pub(crate) fn total_ejections(&self) -> u64 {
         self.total_ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ejections since start-up, by reason.
+    pub(crate) fn ejections_by_reason(&self) -> [(EjectionReason, u64); 3] {
+        EjectionReason::ALL.map(|r| (r, self.by_reason[r as usize].load(Ordering::Relaxed)))
     }
 
     pub(crate) fn reason(&self) -> Option<String> {
@@ -181,7 +212,8 @@ impl OutlierDetector {
                 let run = state.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 let limit = self.settings.consecutive_failures;
                 if limit > 0 && run >= limit && state.ejected_until.load(Ordering::Acquire) == 0 {
-                    self.eject(state, now, format!("{run} consecutive failures"));
+                    let reason = format!("{run} consecutive failures");
+                    self.eject(state, now, reason, EjectionReason::ConsecutiveFailures);
                 }
             }
             Outcome::Neutral => {}
@@ -206,16 +238,13 @@ impl OutlierDetector {
                 self.eject(
                     state,
                     now,
-                    format!(
-                        "{percent}% of {calls} calls failed in {:?}",
-                        self.settings.interval
-                    ),
+                    format!("{percent}% of {calls} calls failed in {:?}", self.settings.interval),
+                    EjectionReason::FailurePercentage,
                 );
             } else {
-                let _ =
-                    state
-                        .times_ejected
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                let _ = state
+                    .times_ejected
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
             }
         }
     }
@@ -226,13 +255,11 @@ impl OutlierDetector {
         (n.saturating_mul(self.settings.max_ejection_percent) / 100).max(1)
     }
 
-    fn eject(&self, state: &OutlierState, now: u64, reason: String) -> bool {
+    fn eject(&self, state: &OutlierState, now: u64, reason: String, kind: EjectionReason) -> bool {
         let budget = self.ejection_budget();
         if self
             .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < budget).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < budget).then_some(n + 1))
             .is_err()
         {
             tracing::debug!(%reason, budget, "not ejecting: max_ejection_percent reached");
@@ -249,6 +276,7 @@ impl OutlierDetector {
             return false;
         }
         state.total_ejections.fetch_add(1, Ordering::Relaxed);
+        state.by_reason[kind as usize].fetch_add(1, Ordering::Relaxed);
         state.consecutive.store(0, Ordering::Relaxed);
         state.readmitted_at.store(0, Ordering::Relaxed);
         tracing::warn!(%reason, ejection = ?Duration::from_nanos(until - now), "endpoint ejected");
@@ -263,6 +291,7 @@ impl OutlierDetector {
         let until = now + self.ejection_time(state).as_nanos() as u64;
         state.ejected_until.store(until.max(1), Ordering::Release);
         state.total_ejections.fetch_add(1, Ordering::Relaxed);
+        state.by_reason[EjectionReason::ProbeFailed as usize].fetch_add(1, Ordering::Relaxed);
         state.probing.store(false, Ordering::Release);
         if let Ok(mut slot) = state.reason.lock() {
             *slot = Some(reason.to_string());
@@ -352,11 +381,7 @@ mod tests {
         let d = detector(3);
         let s = OutlierState::default();
         for i in 0..40 {
-            let outcome = if i % 3 == 0 {
-                Outcome::Success
-            } else {
-                Outcome::Failure
-            };
+            let outcome = if i % 3 == 0 { Outcome::Success } else { Outcome::Failure };
             d.record(&s, outcome, false, SEC);
             if outcome == Outcome::Failure {
                 d.record(&s, Outcome::Success, false, SEC); // keep runs short
@@ -372,11 +397,7 @@ mod tests {
             d.record(&s, Outcome::Success, false, SEC);
         }
         d.evaluate(std::iter::once(&s), SEC);
-        assert!(
-            matches!(s.standing(SEC), Standing::Ejected { .. }),
-            "{:?}",
-            s.reason()
-        );
+        assert!(matches!(s.standing(SEC), Standing::Ejected { .. }), "{:?}", s.reason());
     }
 
     #[test]
@@ -435,14 +456,8 @@ mod tests {
                 d.record(s, Outcome::Failure, false, SEC);
             }
         }
-        let ejected = states
-            .iter()
-            .filter(|s| s.standing(SEC) != Standing::InService)
-            .count();
-        assert_eq!(
-            ejected, 1,
-            "50% of 3 rounds down, but one may always be ejected"
-        );
+        let ejected = states.iter().filter(|s| s.standing(SEC) != Standing::InService).count();
+        assert_eq!(ejected, 1, "50% of 3 rounds down, but one may always be ejected");
     }
 
     #[test]

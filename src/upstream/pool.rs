@@ -48,8 +48,7 @@ pub(crate) struct PoolSettings {
 
 impl PoolSettings {
     pub(crate) fn from_config(upstream: &crate::config::Upstream) -> Self {
-        let window =
-            |size: crate::config::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX >> 1);
+        let window = |size: crate::config::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX >> 1);
         Self {
             max_connections: upstream.pool.max_connections_per_endpoint,
             max_streams: upstream.pool.max_streams_per_connection,
@@ -77,10 +76,7 @@ pub(crate) enum PoolError {
     PendingTimeout { target: Arc<str>, waited: Duration },
     /// Too many calls were already waiting (`limits.max_pending`).
     #[error("too many calls waiting for {target}")]
-    Overflow {
-        target: Arc<str>,
-        overflow: Overflow,
-    },
+    Overflow { target: Arc<str>, overflow: Overflow },
 }
 
 /// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
@@ -212,9 +208,7 @@ impl Pool {
     fn connect_error(&self) -> PoolError {
         PoolError::Connect {
             target: self.target.clone(),
-            reason: self
-                .last_error()
-                .unwrap_or_else(|| "connection failed".into()),
+            reason: self.last_error().unwrap_or_else(|| "connection failed".into()),
         }
     }
 
@@ -243,13 +237,8 @@ impl Pool {
             return;
         }
         self.ask_for_refresh();
-        self.conns.rcu(|conns| {
-            conns
-                .iter()
-                .filter(|c| c.id != conn.id)
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+        self.conns
+            .rcu(|conns| conns.iter().filter(|c| c.id != conn.id).cloned().collect::<Vec<_>>());
         conn.drained.notify_one();
         self.changed.notify_waiters();
     }
@@ -260,18 +249,11 @@ impl Pool {
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            let result = timeout(
-                pool.settings.connect_timeout,
-                connect(&pool.target, &pool.settings),
-            )
-            .await;
+            let result = timeout(pool.settings.connect_timeout, connect(&pool.target, &pool.settings)).await;
             let outcome = match result {
                 Ok(Ok(connected)) => Ok(connected),
                 Ok(Err(reason)) => Err(reason),
-                Err(_) => Err(format!(
-                    "timed out after {:?}",
-                    pool.settings.connect_timeout
-                )),
+                Err(_) => Err(format!("timed out after {:?}", pool.settings.connect_timeout)),
             };
             match outcome {
                 Ok((send, connection, ping)) => {
@@ -326,13 +308,8 @@ impl Pool {
     }
 
     fn forget(&self, conn: &Arc<Conn>) {
-        self.conns.rcu(|conns| {
-            conns
-                .iter()
-                .filter(|c| c.id != conn.id)
-                .cloned()
-                .collect::<Vec<_>>()
-        });
+        self.conns
+            .rcu(|conns| conns.iter().filter(|c| c.id != conn.id).cloned().collect::<Vec<_>>());
         self.changed.notify_waiters();
     }
 }
@@ -361,12 +338,7 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    fn new(
-        id: u64,
-        send: h2::client::SendRequest<Bytes>,
-        settings: &PoolSettings,
-        clock: &Clock,
-    ) -> Self {
+    fn new(id: u64, send: h2::client::SendRequest<Bytes>, settings: &PoolSettings, clock: &Clock) -> Self {
         // ±10% jitter so connections opened together do not all retire together.
         let age = settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
         let peer_max = u32::try_from(send.current_max_send_streams()).unwrap_or(u32::MAX);
@@ -389,9 +361,7 @@ impl Conn {
         }
         let cap = our_max.min(self.peer_max_streams.load(Ordering::Relaxed));
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < cap).then_some(n + 1)
-            })
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1))
             .is_ok()
     }
 
@@ -454,9 +424,7 @@ type Connected = (
 /// Opens TCP, performs the HTTP/2 handshake and waits for the server's
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
 async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
-    let tcp = TcpStream::connect(target)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(target).await.map_err(|e| e.to_string())?;
     // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
     let (send, mut connection) = h2::client::Builder::new()
@@ -470,16 +438,13 @@ async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, Str
     let mut ping = connection
         .ping_pong()
         .ok_or_else(|| "HTTP/2 connection gave no ping handle".to_string())?;
-    ping.send_ping(h2::Ping::opaque())
-        .map_err(|e| e.to_string())?;
+    ping.send_ping(h2::Ping::opaque()).map_err(|e| e.to_string())?;
     let pong = poll_fn(|cx| {
         if let Poll::Ready(result) = ping.poll_pong(cx) {
             return Poll::Ready(result.map(|_| ()).map_err(|e| e.to_string()));
         }
         match std::pin::Pin::new(&mut connection).poll(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Err(
-                "the server closed the connection during the handshake".into(),
-            )),
+            Poll::Ready(Ok(())) => Poll::Ready(Err("the server closed the connection during the handshake".into())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(format!("HTTP/2 handshake failed: {e}"))),
             Poll::Pending => Poll::Pending,
         }

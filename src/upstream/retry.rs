@@ -66,18 +66,14 @@ impl Retries {
 
     /// Takes a place in the retry budget, given the calls in flight.
     pub(crate) fn take_budget(self: &Arc<Self>, active_calls: u32) -> Option<RetryToken> {
-        let allowed =
-            (active_calls.saturating_mul(self.budget_percent) / 100).max(MIN_CONCURRENT_RETRIES);
+        let allowed = (active_calls.saturating_mul(self.budget_percent) / 100).max(MIN_CONCURRENT_RETRIES);
         match self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < allowed).then_some(n + 1)
-            }) {
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < allowed).then_some(n + 1))
+        {
             Ok(_) => {
                 self.made.fetch_add(1, Ordering::Relaxed);
-                Some(RetryToken {
-                    retries: self.clone(),
-                })
+                Some(RetryToken { retries: self.clone() })
             }
             Err(_) => {
                 self.refused_by_budget.fetch_add(1, Ordering::Relaxed);
@@ -109,11 +105,7 @@ impl Drop for RetryToken {
 pub(crate) fn pushback(headers: &HeaderMap) -> Pushback {
     match headers.get("grpc-retry-pushback-ms") {
         None => Pushback::None,
-        Some(value) => match value
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-        {
+        Some(value) => match value.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()) {
             Some(ms) if ms >= 0 => Pushback::Wait(Duration::from_millis(ms as u64)),
             _ => Pushback::Stop,
         },
@@ -161,8 +153,7 @@ mod tests {
     fn backoff_is_full_jitter_under_a_doubling_cap() {
         let retries = policy(20);
         for retry in 1..10 {
-            let cap =
-                Duration::from_millis(25 * (1 << (retry - 1))).min(Duration::from_millis(250));
+            let cap = Duration::from_millis(25 * (1 << (retry - 1))).min(Duration::from_millis(250));
             for _ in 0..50 {
                 assert!(retries.backoff(retry) <= cap);
             }
@@ -174,16 +165,11 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(pushback(&headers), Pushback::None);
         headers.insert("grpc-retry-pushback-ms", "150".parse().unwrap());
-        assert_eq!(
-            pushback(&headers),
-            Pushback::Wait(Duration::from_millis(150))
-        );
+        assert_eq!(pushback(&headers), Pushback::Wait(Duration::from_millis(150)));
         headers.insert("grpc-retry-pushback-ms", "-1".parse().unwrap());
         assert_eq!(pushback(&headers), Pushback::Stop);
         headers.insert("grpc-retry-pushback-ms", "soon".parse().unwrap());
         assert_eq!(pushback(&headers), Pushback::Stop);
-        assert!(
-            policy(20).retries_code(Code::Unavailable) && !policy(20).retries_code(Code::Internal)
-        );
+        assert!(policy(20).retries_code(Code::Unavailable) && !policy(20).retries_code(Code::Internal));
     }
 }

@@ -36,10 +36,7 @@ fn malformed_cases() -> Vec<Malformed> {
             name: "bad base64 in a later chunk",
             encoding: Text,
             body: || {
-                let pieces = vec![
-                    Bytes::from_static(b"AAAAAAVo"),
-                    Bytes::from_static(b"ZW*sbw=="),
-                ];
+                let pieces = vec![Bytes::from_static(b"AAAAAAVo"), Bytes::from_static(b"ZW*sbw==")];
                 chunked_body(pieces, Duration::from_millis(5))
             },
             code: "3",
@@ -117,11 +114,7 @@ async fn malformed_bodies_get_clear_errors_and_the_gateway_carries_on() {
         for case in malformed_cases() {
             let what = format!("{transport:?}: {}", case.name);
             client.encoding = case.encoding;
-            let reply = client
-                .start_raw(UNARY, &[], (case.body)())
-                .await
-                .finish()
-                .await;
+            let reply = client.start_raw(UNARY, &[], (case.body)()).await.finish().await;
             assert_eq!(reply.status, 200, "{what}");
             assert!(reply.is_trailers_only(), "{what}: {reply:?}");
             assert_eq!(reply.grpc_status().as_deref(), Some(case.code), "{what}");
@@ -144,28 +137,17 @@ async fn malformed_bodies_get_clear_errors_and_the_gateway_carries_on() {
             "{transport:?}: good call after"
         );
     }
-    assert_eq!(
-        backend.calls(),
-        2,
-        "only the two good calls reached the backend"
-    );
+    assert_eq!(backend.calls(), 2, "only the two good calls reached the backend");
     for (transport, encoding) in every_client() {
         let mut client = WebClient::connect(gateway.addr, transport, encoding).await;
-        assert_eq!(
-            client.unary(echo("fine")).await.grpc_status().as_deref(),
-            Some("0")
-        );
+        assert_eq!(client.unary(echo("fine")).await.grpc_status().as_deref(), Some("0"));
     }
 }
 
 #[tokio::test]
 async fn requests_above_max_request_body_are_resource_exhausted() {
     let backend = Backend::start("b1").await;
-    let config = yaml(
-        &[backend.addr],
-        "",
-        "transcoding:\n  max_request_body: 1KiB\n",
-    );
+    let config = yaml(&[backend.addr], "", "transcoding:\n  max_request_body: 1KiB\n");
     let gateway = start_gateway(&config).await;
     for (transport, encoding) in every_client() {
         let case = format!("{transport:?} {encoding:?}");
@@ -175,25 +157,14 @@ async fn requests_above_max_request_body_are_resource_exhausted() {
             ..echo("big")
         };
         let reply = client.unary(big).await;
-        assert_eq!(
-            reply.grpc_status().as_deref(),
-            Some("8"),
-            "{case}: {reply:?}"
-        );
-        assert!(
-            reply.grpc_message().contains("limit of 1024 bytes"),
-            "{case}"
-        );
+        assert_eq!(reply.grpc_status().as_deref(), Some("8"), "{case}: {reply:?}");
+        assert!(reply.grpc_message().contains("limit of 1024 bytes"), "{case}");
         let mut client = WebClient::connect(gateway.addr, transport, encoding).await;
         let small = EchoRequest {
             payload: vec![1; 512],
             ..echo("small")
         };
-        assert_eq!(
-            client.unary(small).await.grpc_status().as_deref(),
-            Some("0"),
-            "{case}"
-        );
+        assert_eq!(client.unary(small).await.grpc_status().as_deref(), Some("0"), "{case}");
     }
     assert_eq!(backend.calls(), 4);
 }

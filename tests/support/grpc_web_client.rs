@@ -43,9 +43,7 @@ impl WebEncoding {
         use base64::Engine;
         match self {
             WebEncoding::Binary => Bytes::copy_from_slice(frames),
-            WebEncoding::Text => {
-                Bytes::from(base64::engine::general_purpose::STANDARD.encode(frames))
-            }
+            WebEncoding::Text => Bytes::from(base64::engine::general_purpose::STANDARD.encode(frames)),
         }
     }
 }
@@ -121,13 +119,7 @@ impl HttpConn {
     }
 
     /// A request for `path` in the form this transport uses.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: WebBody,
-    ) -> http::Request<WebBody> {
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: WebBody) -> http::Request<WebBody> {
         let uri = match self.transport() {
             Transport::Http1 => path.to_string(),
             Transport::Http2 => format!("http://{}{path}", self.addr),
@@ -147,10 +139,7 @@ impl HttpConn {
     }
 
     /// Sends a request; panics if the gateway does not answer in time.
-    pub async fn send(
-        &mut self,
-        request: http::Request<WebBody>,
-    ) -> http::Response<hyper::body::Incoming> {
+    pub async fn send(&mut self, request: http::Request<WebBody>) -> http::Response<hyper::body::Incoming> {
         let sent = async {
             match &mut self.sender {
                 HttpSender::Http1(sender) => {
@@ -214,11 +203,7 @@ pub struct WebClient {
 }
 
 impl WebClient {
-    pub async fn connect(
-        addr: SocketAddr,
-        transport: Transport,
-        encoding: WebEncoding,
-    ) -> WebClient {
+    pub async fn connect(addr: SocketAddr, transport: Transport, encoding: WebEncoding) -> WebClient {
         WebClient {
             conn: HttpConn::connect(addr, transport).await,
             encoding,
@@ -227,12 +212,7 @@ impl WebClient {
 
     /// Starts a call with a body exactly as given; `headers` are added to (and
     /// may replace) the gRPC-Web ones.
-    pub async fn start_raw(
-        &mut self,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: WebBody,
-    ) -> WebStream {
+    pub async fn start_raw(&mut self, path: &str, headers: &[(&str, &str)], body: WebBody) -> WebStream {
         let mut all = vec![
             ("content-type", self.encoding.content_type()),
             ("x-grpc-web", "1"),
@@ -245,23 +225,13 @@ impl WebClient {
     }
 
     /// Starts a call sending one message.
-    pub async fn start(
-        &mut self,
-        path: &str,
-        headers: &[(&str, &str)],
-        message: &impl prost::Message,
-    ) -> WebStream {
+    pub async fn start(&mut self, path: &str, headers: &[(&str, &str)], message: &impl prost::Message) -> WebStream {
         let body = full_body(self.encoding.encode(&grpc_frame(message)));
         self.start_raw(path, headers, body).await
     }
 
     /// A whole call sending one message.
-    pub async fn call(
-        &mut self,
-        path: &str,
-        headers: &[(&str, &str)],
-        message: &impl prost::Message,
-    ) -> WebReply {
+    pub async fn call(&mut self, path: &str, headers: &[(&str, &str)], message: &impl prost::Message) -> WebReply {
         self.start(path, headers, message).await.finish().await
     }
 
@@ -270,8 +240,7 @@ impl WebClient {
     }
 
     pub async fn server_stream(&mut self, request: EchoRequest) -> WebReply {
-        self.call("/testing.v1.Echo/ServerStream", &[], &request)
-            .await
+        self.call("/testing.v1.Echo/ServerStream", &[], &request).await
     }
 }
 
@@ -325,16 +294,8 @@ impl WebStream {
                 return Some(frame);
             }
             if self.ended {
-                assert!(
-                    self.decoded.is_empty(),
-                    "body ends inside a frame: {:?}",
-                    self.decoded
-                );
-                assert!(
-                    self.pending.is_empty(),
-                    "body ends inside base64: {:?}",
-                    self.pending
-                );
+                assert!(self.decoded.is_empty(), "body ends inside a frame: {:?}", self.decoded);
+                assert!(self.pending.is_empty(), "body ends inside base64: {:?}", self.pending);
                 return None;
             }
             let next = tokio::time::timeout(PATIENCE, self.body.frame())
@@ -363,8 +324,7 @@ impl WebStream {
         // Whole 4-character groups; padding may end any group (each chunk is padded).
         let whole = self.pending.len() / 4 * 4;
         let groups: Vec<u8> = self.pending.drain(..whole).collect();
-        self.decoded
-            .extend_from_slice(&decode_base64_groups(&groups));
+        self.decoded.extend_from_slice(&decode_base64_groups(&groups));
     }
 
     fn parse_frame(&mut self) -> Option<WebFrame> {
@@ -415,11 +375,7 @@ pub fn decode_base64_groups(text: &[u8]) -> Vec<u8> {
     let mut start = 0;
     for group in (0..text.len()).step_by(4) {
         if text[group..group + 4].contains(&b'=') {
-            out.extend(
-                engine
-                    .decode(&text[start..group + 4])
-                    .expect("invalid base64"),
-            );
+            out.extend(engine.decode(&text[start..group + 4]).expect("invalid base64"));
             start = group + 4;
         }
     }
@@ -437,11 +393,7 @@ pub fn parse_web_trailers(block: &[u8]) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::new();
     for line in text.split("\r\n").filter(|l| !l.is_empty()) {
         let (name, value) = line.split_once(':').expect("trailer line without a colon");
-        assert_eq!(
-            name,
-            name.to_ascii_lowercase(),
-            "trailer keys are lower-case"
-        );
+        assert_eq!(name, name.to_ascii_lowercase(), "trailer keys are lower-case");
         trailers.append(
             http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
             http::HeaderValue::from_str(value.trim_start()).unwrap(),
@@ -475,9 +427,7 @@ impl WebReply {
         let mut out = Vec::with_capacity(bytes.len());
         let mut i = 0;
         while i < bytes.len() {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
+            let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
             match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 Some(byte) if bytes[i] == b'%' => {
                     out.push(byte);
@@ -494,17 +444,12 @@ impl WebReply {
 
     fn status_field(&self, name: &str) -> Option<String> {
         let from = |h: &http::HeaderMap| h.get(name).map(|v| v.to_str().unwrap().to_string());
-        self.trailers
-            .as_ref()
-            .and_then(from)
-            .or_else(|| from(&self.headers))
+        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
     }
 
     /// Trailers-only: the status in the headers, an empty body.
     pub fn is_trailers_only(&self) -> bool {
-        self.trailers.is_none()
-            && self.messages.is_empty()
-            && self.headers.contains_key("grpc-status")
+        self.trailers.is_none() && self.messages.is_empty() && self.headers.contains_key("grpc-status")
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {

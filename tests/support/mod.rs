@@ -9,6 +9,7 @@ pub mod pb {
 }
 
 pub mod certs;
+pub mod faults;
 pub mod grpc_web_client;
 pub mod raw_backend;
 pub mod rest_client;
@@ -68,12 +69,7 @@ impl EchoService {
         *self.seen.last_grpc_timeout.lock().unwrap() = timeout;
     }
 
-    fn response(
-        &self,
-        request: &EchoRequest,
-        sequence: u32,
-        metadata: BTreeMap<String, String>,
-    ) -> EchoResponse {
+    fn response(&self, request: &EchoRequest, sequence: u32, metadata: BTreeMap<String, String>) -> EchoResponse {
         EchoResponse {
             message: request.message.clone(),
             served_by: self.name.to_string(),
@@ -86,13 +82,8 @@ impl EchoService {
 }
 
 fn failure(code: i32, name: &str) -> Status {
-    let mut status = Status::new(
-        tonic::Code::from(code),
-        format!("failure requested from {name}"),
-    );
-    status
-        .metadata_mut()
-        .insert("x-failed-by", name.parse().unwrap());
+    let mut status = Status::new(tonic::Code::from(code), format!("failure requested from {name}"));
+    status.metadata_mut().insert("x-failed-by", name.parse().unwrap());
     status
 }
 
@@ -119,10 +110,7 @@ impl Echo for EchoService {
 
     type ServerStreamStream = EchoStream;
 
-    async fn server_stream(
-        &self,
-        request: Request<EchoRequest>,
-    ) -> Result<Response<EchoStream>, Status> {
+    async fn server_stream(&self, request: Request<EchoRequest>) -> Result<Response<EchoStream>, Status> {
         self.observe(request.metadata());
         let metadata = metadata_map(request.metadata());
         let request = request.into_inner();
@@ -156,10 +144,7 @@ impl Echo for EchoService {
         Ok(response)
     }
 
-    async fn client_stream(
-        &self,
-        request: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoResponse>, Status> {
+    async fn client_stream(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<EchoResponse>, Status> {
         self.observe(request.metadata());
         let metadata = metadata_map(request.metadata());
         let mut stream = request.into_inner();
@@ -179,10 +164,7 @@ impl Echo for EchoService {
 
     type BidiStream = EchoStream;
 
-    async fn bidi(
-        &self,
-        request: Request<Streaming<EchoRequest>>,
-    ) -> Result<Response<EchoStream>, Status> {
+    async fn bidi(&self, request: Request<Streaming<EchoRequest>>) -> Result<Response<EchoStream>, Status> {
         self.observe(request.metadata());
         let metadata = metadata_map(request.metadata());
         let this = self.clone();
@@ -323,9 +305,7 @@ pub fn config_yaml(backends: &[SocketAddr], upstream_extra: &str, route_extra: &
 }
 
 fn indent(text: &str, by: usize) -> String {
-    text.lines()
-        .map(|l| format!("{}{l}\n", " ".repeat(by)))
-        .collect()
+    text.lines().map(|l| format!("{}{l}\n", " ".repeat(by))).collect()
 }
 
 /// The gateway running in this process on a loopback port.
@@ -352,8 +332,7 @@ impl Drop for GatewayHandle {
 }
 
 pub async fn start_gateway(yaml: &str) -> GatewayHandle {
-    let config =
-        Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
+    let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
     let gateway = Gateway::from_config(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -403,20 +382,11 @@ pub struct RawResponse {
 impl RawResponse {
     /// `grpc-status` from the trailers, or from the headers (trailers-only).
     pub fn grpc_status(&self) -> Option<String> {
-        let from = |h: &http::HeaderMap| {
-            h.get("grpc-status")
-                .map(|v| v.to_str().unwrap().to_string())
-        };
-        self.trailers
-            .as_ref()
-            .and_then(from)
-            .or_else(|| from(&self.headers))
+        let from = |h: &http::HeaderMap| h.get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+        self.trailers.as_ref().and_then(from).or_else(|| from(&self.headers))
     }
     pub fn grpc_message(&self) -> String {
-        let from = |h: &http::HeaderMap| {
-            h.get("grpc-message")
-                .map(|v| v.to_str().unwrap().to_string())
-        };
+        let from = |h: &http::HeaderMap| h.get("grpc-message").map(|v| v.to_str().unwrap().to_string());
         self.trailers
             .as_ref()
             .and_then(from)
@@ -426,12 +396,7 @@ impl RawResponse {
 }
 
 /// Sends one request over a fresh HTTP/2 connection with exactly these headers.
-pub async fn raw_h2_call(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> RawResponse {
+pub async fn raw_h2_call(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
@@ -499,13 +464,7 @@ impl GatewayProcess {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
                     if json["message"] == "grpc-edge listening" {
-                        let _ = addr_tx.send(
-                            json["addr"]
-                                .as_str()
-                                .unwrap()
-                                .parse::<SocketAddr>()
-                                .unwrap(),
-                        );
+                        let _ = addr_tx.send(json["addr"].as_str().unwrap().parse::<SocketAddr>().unwrap());
                     }
                 }
                 sink.lock().unwrap().push(line);

@@ -53,14 +53,11 @@ impl RawBackend {
                 };
                 let (rec, rel) = (rec.clone(), rel.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        answer(name, rec.clone(), rel.clone(), request)
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                    .await;
+                    let service =
+                        hyper::service::service_fn(move |request| answer(name, rec.clone(), rel.clone(), request));
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
                 });
             }
         });
@@ -106,30 +103,18 @@ async fn answer(
     request: Request<Incoming>,
 ) -> Result<Response<http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>>, Infallible> {
     let (parts, body) = request.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let messages = split_frames(&bytes);
     received.lock().unwrap().push(Received {
         path: parts.uri.path().to_string(),
         headers: parts.headers.clone(),
         messages: messages.clone(),
     });
-    let header = |key: &str| {
-        parts
-            .headers
-            .get(key)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |key: &str| parts.headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let number = |key: &str| header(key).and_then(|v| v.parse::<u64>().ok());
 
     if let Some(status) = number("x-reply-http") {
-        let mut response = Response::new(boxed_body(vec![Ok(Frame::data(Bytes::from_static(
-            b"not grpc",
-        )))]));
+        let mut response = Response::new(boxed_body(vec![Ok(Frame::data(Bytes::from_static(b"not grpc")))]));
         *response.status_mut() = http::StatusCode::from_u16(status as u16).unwrap();
         return Ok(response);
     }
@@ -177,15 +162,9 @@ fn boxed_body(chunks: Vec<Chunk>) -> http_body_util::combinators::UnsyncBoxBody<
 }
 
 fn write_status(headers: &mut HeaderMap, code: i32, details: bool) {
-    headers.insert(
-        "grpc-status",
-        HeaderValue::from_str(&code.to_string()).unwrap(),
-    );
+    headers.insert("grpc-status", HeaderValue::from_str(&code.to_string()).unwrap());
     if code != 0 {
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("requested%20failure"),
-        );
+        headers.insert("grpc-message", HeaderValue::from_static("requested%20failure"));
     }
     if details && code != 0 {
         use base64::Engine;
@@ -201,12 +180,8 @@ fn write_status(headers: &mut HeaderMap, code: i32, details: bool) {
                 .encode_to_vec(),
             }],
         };
-        let encoded =
-            base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
-        headers.insert(
-            "grpc-status-details-bin",
-            HeaderValue::from_str(&encoded).unwrap(),
-        );
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.encode_to_vec());
+        headers.insert("grpc-status-details-bin", HeaderValue::from_str(&encoded).unwrap());
     }
 }
 

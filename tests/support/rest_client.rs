@@ -37,10 +37,9 @@ pub async fn send(
     body: impl Into<Bytes>,
 ) -> (StatusCode, HeaderMap, Incoming) {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -69,11 +68,7 @@ pub async fn request(
 ) -> HttpResponse {
     let (status, headers, body) = send(addr, method, path, headers, body).await;
     let body = body.collect().await.unwrap().to_bytes();
-    HttpResponse {
-        status,
-        headers,
-        body,
-    }
+    HttpResponse { status, headers, body }
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> HttpResponse {
