@@ -84,7 +84,7 @@ pub(crate) struct Policy {
 /// What a request means for CORS.
 pub(crate) enum Check<'a> {
     /// A preflight: this is the whole answer.
-    Preflight(Response<Body>),
+    Preflight(Box<Response<Body>>),
     /// Any other request: decorate its answer afterwards.
     Actual(Decoration<'a>),
 }
@@ -147,7 +147,7 @@ impl Policy {
             && origin.is_some()
             && request.headers().contains_key(ACCESS_CONTROL_REQUEST_METHOD);
         if preflight {
-            return Check::Preflight(self.preflight(allow_origin));
+            return Check::Preflight(Box::new(self.preflight(allow_origin)));
         }
         Check::Actual(Decoration {
             policy: self,

@@ -311,7 +311,7 @@ impl Gateway {
     /// Handles one request from any front end.
     pub async fn handle(&self, request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
         let cors = match self.inner.cors.as_ref().map(|cors| cors.check(&request)) {
-            Some(crate::cors::Check::Preflight(answer)) => return answer,
+            Some(crate::cors::Check::Preflight(answer)) => return *answer,
             Some(crate::cors::Check::Actual(decoration)) => Some(decoration),
             None => None,
         };
