@@ -33,7 +33,7 @@ enum Kind {
     /// Buffered data chunks, then optional trailers.
     Buffered {
         chunks: std::collections::VecDeque<Bytes>,
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// An HTTP/2 stream accepted by the gateway's own server.
     H2 {
@@ -71,7 +71,7 @@ impl Body {
         Self {
             kind: Kind::Buffered {
                 chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
-                trailers,
+                trailers: trailers.map(Box::new),
             },
             observer: None,
         }
@@ -121,7 +121,7 @@ impl Body {
             Kind::Empty => Poll::Ready(None),
             Kind::Buffered { chunks, trailers } => match chunks.pop_front() {
                 Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
-                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
+                None => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t)))),
             },
             Kind::H2 { recv, data_done } => {
                 if !*data_done {

@@ -317,8 +317,10 @@ impl Gateway {
         };
         let mut response = match Protocol::of(&request) {
             Protocol::Grpc => crate::passthrough::forward(self, request, conn).await,
-            Protocol::GrpcWeb => crate::grpc_web::handle(self, request, conn).await,
-            Protocol::Rest => crate::rest::handle(self, &self.inner.rest, request, conn).await,
+            // Boxed so that their larger futures do not grow every native gRPC
+            // call's task, which is copied into place when it is spawned.
+            Protocol::GrpcWeb => Box::pin(crate::grpc_web::handle(self, request, conn)).await,
+            Protocol::Rest => Box::pin(crate::rest::handle(self, &self.inner.rest, request, conn)).await,
         };
         if let Some(decoration) = cors {
             decoration.apply(response.headers_mut());

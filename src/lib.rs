@@ -32,6 +32,8 @@ mod grpc_frame;
 mod grpc_timeout;
 mod grpc_web;
 mod local;
+#[cfg(feature = "cli")]
+pub mod logging;
 mod passthrough;
 mod report;
 mod rest;

@@ -199,23 +199,24 @@ impl Drop for State {
 pub(crate) struct Observer {
     record: CallRecord,
     inbound: bool,
-    /// Bytes left in the current gRPC frame, or of its 5-byte header.
-    frame: FrameCounter,
+    /// For streams only: where the message boundaries are.
+    frames: Option<Box<FrameCounter>>,
 }
 
 impl Observer {
     pub(crate) fn new(record: CallRecord, inbound: bool) -> Self {
+        let frames = record.streaming().then(Box::default);
         Self {
             record,
             inbound,
-            frame: FrameCounter::default(),
+            frames,
         }
     }
 
     pub(crate) fn data(&mut self, data: &Bytes) {
         self.record.add_bytes(self.inbound, data.len());
-        if self.record.streaming() {
-            let messages = self.frame.feed(data);
+        if let Some(frames) = &mut self.frames {
+            let messages = frames.feed(data);
             self.record.add_messages(self.inbound, messages);
         }
     }

@@ -115,8 +115,10 @@ impl Drop for CallGuard {
 }
 
 /// The data of a request kept for a retry, while it stays under the limit.
+/// Most requests are one chunk, kept without allocating.
 pub(crate) struct Replay {
-    chunks: Vec<Bytes>,
+    first: Option<Bytes>,
+    rest: Vec<Bytes>,
     size: usize,
     limit: usize,
     complete: bool,
@@ -126,7 +128,8 @@ pub(crate) struct Replay {
 impl Replay {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
-            chunks: Vec::new(),
+            first: None,
+            rest: Vec::new(),
             size: 0,
             limit,
             complete: false,
@@ -141,15 +144,27 @@ impl Replay {
         self.size += chunk.len();
         if self.size > self.limit {
             self.overflowed = true;
-            self.chunks = Vec::new();
+            self.first = None;
+            self.rest = Vec::new();
+        } else if self.first.is_none() {
+            self.first = Some(chunk.clone());
         } else {
-            self.chunks.push(chunk.clone());
+            self.rest.push(chunk.clone());
         }
     }
 
     /// A fresh body with the same data, if the whole request was recorded.
     pub(crate) fn body(&self) -> Option<Body> {
-        (self.complete && !self.overflowed).then(|| Body::from_chunks(self.chunks.clone(), None))
+        if !self.complete || self.overflowed {
+            return None;
+        }
+        let chunks = self.first.iter().chain(&self.rest).cloned().collect();
+        Some(Body::from_chunks(chunks, None))
+    }
+
+    /// Whether a fresh body could be made (without making it).
+    pub(crate) fn is_available(&self) -> bool {
+        self.complete && !self.overflowed
     }
 }
 

@@ -124,7 +124,7 @@ impl Cluster {
                     if let Some(status) = Status::from_headers(response.headers())
                         && self.retries.retries_code(status.code)
                         && retries_made + 1 < self.retries.max_attempts
-                        && replay.as_ref().and_then(Replay::body).is_some()
+                        && replay.as_ref().is_some_and(Replay::is_available)
                     {
                         let wait = match pushback(response.headers()) {
                             Pushback::Stop => None,
@@ -160,7 +160,7 @@ impl Cluster {
                         guard.slot().retire_connection();
                     }
                     let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
-                    if unprocessed && replay.as_ref().and_then(Replay::body).is_some() {
+                    if unprocessed && replay.as_ref().is_some_and(Replay::is_available) {
                         // The backend never processed it: safe to send elsewhere.
                         guard.finish(Outcome::Neutral);
                         tried.push(Arc::as_ptr(guard.endpoint()) as usize);
