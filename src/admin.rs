@@ -11,6 +11,8 @@
 //!   `Accept: application/json`.
 //! - `GET /config`: the effective configuration as JSON (defaults filled in,
 //!   paths resolved). It holds file paths but no secret material.
+//! - `GET /certs`: every loaded certificate (role, file, subject, serial,
+//!   not-after), the generation in use and reload successes and errors.
 //! - `GET /routes`: the route table, as `grpc-edge routes` prints it.
 //! - `GET /metrics`: Prometheus text format, or OpenMetrics when asked for
 //!   with `Accept: application/openmetrics-text`.
@@ -79,13 +81,14 @@ fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
         "/readyz" if gateway.is_ready() => text(StatusCode::OK, "ready\n".into()),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
         "/config" => json(&gateway.config()),
+        "/certs" => json(&gateway.certs()),
         "/metrics" => metrics(gateway, request),
         "/routes" => text(StatusCode::OK, crate::report::route_lines(gateway).join("\n") + "\n"),
         "/upstreams" if wants_json => json(&gateway.upstream_snapshot()),
         "/upstreams" => text(StatusCode::OK, upstreams_text(&gateway.upstream_snapshot())),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz, /readyz, /upstreams, /config, /routes\n".into(),
+            "not found; try /metrics, /healthz, /readyz, /upstreams, /certs, /config, /routes\n".into(),
         ),
     }
 }

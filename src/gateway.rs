@@ -106,9 +106,34 @@ pub(crate) struct GatewayInner {
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// Client connections open now.
     connections: std::sync::atomic::AtomicUsize,
+    /// TLS towards each upstream that has it.
+    client_tls: Vec<(String, crate::tls::ClientTls)>,
+    /// The listener's TLS, once a listener serves with it.
+    listener_tls: std::sync::OnceLock<crate::tls::ServerTls>,
+}
+
+/// Every certificate the gateway has loaded, as `GET /certs` shows them.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CertsSnapshot {
+    /// The listener's certificates (`tls`), when it serves TLS.
+    pub listener: Option<crate::tls::TlsStatus>,
+    /// Each upstream's TLS (`upstreams.*.tls`), by upstream name.
+    pub upstreams: Vec<(String, crate::tls::TlsStatus)>,
 }
 
 impl GatewayInner {
+    /// Certificates, generations and reload results.
+    pub(crate) fn certs(&self) -> CertsSnapshot {
+        CertsSnapshot {
+            listener: self.listener_tls.get().map(crate::tls::ServerTls::status),
+            upstreams: self
+                .client_tls
+                .iter()
+                .map(|(name, tls)| (name.clone(), tls.status()))
+                .collect(),
+        }
+    }
+
     /// Each upstream as the gateway sees it now, sorted by name.
     pub(crate) fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
         let mut all: Vec<_> = self.clusters.values().map(|cluster| cluster.snapshot()).collect();
@@ -172,13 +197,36 @@ impl Gateway {
         GatewayBuilder::default()
     }
 
-    fn assemble(config: Config, descriptors: Descriptors, resolver: Arc<dyn Resolve>) -> Result<Self, BuildError> {
+    fn assemble(
+        config: Config,
+        descriptors: Descriptors,
+        resolver: Arc<dyn Resolve>,
+        tls_reload: crate::tls::ReloadOptions,
+    ) -> Result<Self, BuildError> {
         config.validate()?;
-        refuse_unbuilt_features(&config)?;
         crate::tls::check_listener(&config)?;
         let mut clusters = HashMap::new();
+        let mut client_tls = Vec::new();
         for (name, upstream) in &config.upstreams {
-            let cluster = Cluster::new(name, upstream, resolver.clone()).map_err(BuildError::Other)?;
+            let tls = match &upstream.tls {
+                None => None,
+                Some(tls) => {
+                    let client = crate::tls::ClientTls::new(name, tls, tls_reload.clone()).map_err(|e| {
+                        ConfigErrors::from(crate::config::ConfigError::new(
+                            format!("upstreams.{name}.tls.{}", e.field),
+                            e.to_string(),
+                        ))
+                    })?;
+                    if tokio::runtime::Handle::try_current().is_ok() {
+                        client.start_reloading();
+                    }
+                    Some(client)
+                }
+            };
+            let cluster = Cluster::new(name, upstream, resolver.clone(), tls.clone()).map_err(BuildError::Other)?;
+            if let Some(tls) = tls {
+                client_tls.push((name.clone(), tls));
+            }
             clusters.insert(name.clone(), cluster);
         }
         // Background work (outlier evaluation, health checks, DNS) needs a
@@ -211,6 +259,8 @@ impl Gateway {
                 health: builtins.health.clone(),
                 telemetry,
                 connections: std::sync::atomic::AtomicUsize::new(0),
+                client_tls,
+                listener_tls: std::sync::OnceLock::new(),
             }),
         };
         let _ = collector.gateway.set(Arc::downgrade(&gateway.inner));
@@ -260,6 +310,15 @@ impl Gateway {
     /// Each upstream as the gateway sees it now, sorted by name.
     pub fn upstream_snapshot(&self) -> Vec<crate::upstream::ClusterSnapshot> {
         self.inner.upstream_snapshot()
+    }
+
+    /// Every certificate loaded, with reload counters.
+    pub fn certs(&self) -> CertsSnapshot {
+        self.inner.certs()
+    }
+
+    pub(crate) fn set_listener_tls(&self, tls: crate::tls::ServerTls) {
+        let _ = self.inner.listener_tls.set(tls);
     }
 
     pub(crate) fn telemetry(&self) -> &Arc<crate::telemetry::Telemetry> {
@@ -344,6 +403,7 @@ pub struct GatewayBuilder {
     config: Option<Config>,
     descriptors: Option<Descriptors>,
     resolver: Option<Arc<dyn Resolve>>,
+    tls_reload: Option<crate::tls::ReloadOptions>,
 }
 
 impl GatewayBuilder {
@@ -365,6 +425,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// How upstream certificates are watched and rotated (default: inotify
+    /// plus a 60 s poll; old connections drained within 5 minutes).
+    pub fn tls_reload(mut self, options: crate::tls::ReloadOptions) -> Self {
+        self.tls_reload = Some(options);
+        self
+    }
+
     /// Builds the gateway; call it inside a tokio runtime so that background
     /// work (health checks, DNS, outlier detection) starts.
     pub fn build(self) -> Result<Gateway, BuildError> {
@@ -376,29 +443,6 @@ impl GatewayBuilder {
             None => Descriptors::load(&config.descriptors)?,
         };
         let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
-        Gateway::assemble(config, descriptors, resolver)
-    }
-}
-
-/// Sections that parse but whose behaviour this version does not have yet are
-/// refused, so that nobody runs plaintext believing TLS is on.
-fn refuse_unbuilt_features(config: &Config) -> Result<(), ConfigErrors> {
-    use crate::config::ConfigError;
-    let mut errors = Vec::new();
-    let mut refuse = |key: String, what: &str| {
-        errors.push(ConfigError::new(
-            key,
-            format!("{what} is not available in this version of grpc-edge; remove this key"),
-        ));
-    };
-    for (name, upstream) in &config.upstreams {
-        if upstream.tls.is_some() {
-            refuse(format!("upstreams.{name}.tls"), "upstream TLS");
-        }
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
+        Gateway::assemble(config, descriptors, resolver, self.tls_reload.unwrap_or_default())
     }
 }

@@ -49,7 +49,7 @@ mod upstream;
 pub mod demo;
 
 pub use body::Body;
-pub use gateway::{BuildError, ConnInfo, Gateway, GatewayBuilder};
+pub use gateway::{BuildError, CertsSnapshot, ConnInfo, Gateway, GatewayBuilder};
 pub use report::{check_warnings, route_lines};
 pub use server::{ServeOptions, serve, serve_admin};
 pub use status::{Code, Status};

@@ -125,6 +125,7 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Futur
     };
     if let Some(tls) = &tls {
         tls.start_reloading();
+        gateway.set_listener_tls(tls.clone());
     }
     let limits = Arc::new(options.limits);
     let tracker = Arc::new(Tracker::default());

@@ -67,6 +67,21 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertLabels {
+    side: String,
+    role: String,
+    file: String,
+    subject: String,
+    serial: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    side: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
 }
@@ -256,6 +271,55 @@ impl Collector for GatewayCollector {
             clusters_ref
                 .iter()
                 .map(|c| (upstream(c), ConstCounter::new(c.retries_refused_by_budget))),
+        )?;
+        let certs = inner.certs();
+        let sides: Vec<(String, crate::tls::TlsStatus)> = certs
+            .listener
+            .into_iter()
+            .map(|s| ("listener".to_string(), s))
+            .chain(
+                certs
+                    .upstreams
+                    .into_iter()
+                    .map(|(name, s)| (format!("upstream:{name}"), s)),
+            )
+            .collect();
+        family(
+            e,
+            "grpc_edge_certificate_expiry_timestamp_seconds",
+            "Not-after time of every loaded certificate (Unix seconds)",
+            MetricType::Gauge,
+            sides.iter().flat_map(|(side, status)| {
+                status.certificates.iter().map(move |c| {
+                    (
+                        CertLabels {
+                            side: side.clone(),
+                            role: format!("{:?}", c.role),
+                            file: c.file.display().to_string(),
+                            subject: c.subject.clone(),
+                            serial: c.serial.clone(),
+                        },
+                        ConstGauge::new(c.not_after),
+                    )
+                })
+            }),
+        )?;
+        family(
+            e,
+            "grpc_edge_certificate_reloads",
+            "Certificate reloads from disk, by result (an error keeps the previous certificates)",
+            MetricType::Counter,
+            sides.iter().flat_map(|(side, status)| {
+                [("success", status.reloads), ("error", status.reload_errors)].map(|(result, n)| {
+                    (
+                        ReloadLabels {
+                            side: side.clone(),
+                            result: result.to_string(),
+                        },
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
         )?;
         single(
             e,

@@ -152,6 +152,11 @@ impl ClientTls {
         self.expires_within(CLIENT_EXPIRY_DRAIN)
     }
 
+    /// The window within which connections made with a rotated certificate are retired.
+    pub fn upstream_drain(&self) -> Duration {
+        self.reloader.options().upstream_drain
+    }
+
     /// True when the client certificate expires within `window` (false
     /// without a client certificate).
     pub fn expires_within(&self, window: Duration) -> bool {

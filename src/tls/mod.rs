@@ -66,6 +66,10 @@ pub struct ReloadOptions {
     /// Warn about certificates expiring within this window
     /// (default [`DEFAULT_EXPIRY_WARNING`]).
     pub expiry_warning: Duration,
+    /// After a client certificate rotation, upstream connections made with
+    /// the old one are retired at a random moment within this window (at
+    /// once when the old certificate is about to expire). Default 5 minutes.
+    pub upstream_drain: Duration,
 }
 
 impl Default for ReloadOptions {
@@ -74,6 +78,7 @@ impl Default for ReloadOptions {
             poll_interval: Duration::from_secs(60),
             settle: Duration::from_millis(250),
             expiry_warning: DEFAULT_EXPIRY_WARNING,
+            upstream_drain: Duration::from_secs(300),
         }
     }
 }

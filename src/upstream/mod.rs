@@ -19,6 +19,7 @@ mod limits;
 mod outlier;
 mod pool;
 mod retry;
+mod transport;
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -93,8 +94,10 @@ impl Cluster {
         name: &str,
         upstream: &config::Upstream,
         resolver: Arc<dyn Resolve>,
+        tls: Option<crate::tls::ClientTls>,
     ) -> Result<Arc<Self>, String> {
-        let settings = Arc::new(PoolSettings::from_config(upstream));
+        let scheme = if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+        let settings = Arc::new(PoolSettings::from_config(upstream, tls));
         let clock = Clock::new();
         let detector = Arc::new(OutlierDetector::new(
             OutlierSettings::from_config(&upstream.outlier_detection),
@@ -126,7 +129,7 @@ impl Cluster {
             draining: Mutex::new(Vec::new()),
             balancer: Balancer::new(upstream.balancer),
             clock,
-            scheme: Scheme::HTTP,
+            scheme,
             settings,
             detector,
             limits: Limits::new(&upstream.limits),

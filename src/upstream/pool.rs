@@ -23,12 +23,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::clock::Clock;
 use super::limits::{Limits, Overflow};
+use super::transport::{self, Transport};
 
 /// Pool and connection settings, from `upstreams.*.pool`, `http2` and `limits`.
 #[derive(Clone, Debug)]
@@ -44,10 +44,12 @@ pub(crate) struct PoolSettings {
     pub(crate) connection_window: u32,
     pub(crate) keepalive_interval: Duration,
     pub(crate) keepalive_timeout: Duration,
+    /// TLS towards the endpoints, when configured.
+    pub(crate) tls: Option<crate::tls::ClientTls>,
 }
 
 impl PoolSettings {
-    pub(crate) fn from_config(upstream: &crate::config::Upstream) -> Self {
+    pub(crate) fn from_config(upstream: &crate::config::Upstream, tls: Option<crate::tls::ClientTls>) -> Self {
         let window = |size: crate::config::ByteSize| u32::try_from(size.bytes()).unwrap_or(u32::MAX >> 1);
         Self {
             max_connections: upstream.pool.max_connections_per_endpoint,
@@ -61,6 +63,7 @@ impl PoolSettings {
             connection_window: window(upstream.http2.initial_connection_window),
             keepalive_interval: upstream.http2.keepalive_interval.get(),
             keepalive_timeout: upstream.http2.keepalive_timeout.get(),
+            tls,
         }
     }
 }
@@ -256,12 +259,13 @@ impl Pool {
                 Err(_) => Err(format!("timed out after {:?}", pool.settings.connect_timeout)),
             };
             match outcome {
-                Ok((send, connection, ping)) => {
+                Ok((send, connection, ping, generation)) => {
                     let conn = Arc::new(Conn::new(
                         pool.next_conn_id.fetch_add(1, Ordering::Relaxed),
                         send,
                         &pool.settings,
                         &pool.clock,
+                        generation,
                     ));
                     pool.conns.rcu(|conns| {
                         let mut next = Vec::clone(conns);
@@ -335,10 +339,18 @@ pub(crate) struct Conn {
     retire_at: Instant,
     /// When the last call ended (pool clock), for the idle timeout.
     last_active_nanos: AtomicU64,
+    /// The client certificate generation its TLS handshake used (0: plaintext).
+    tls_generation: u64,
 }
 
 impl Conn {
-    fn new(id: u64, send: h2::client::SendRequest<Bytes>, settings: &PoolSettings, clock: &Clock) -> Self {
+    fn new(
+        id: u64,
+        send: h2::client::SendRequest<Bytes>,
+        settings: &PoolSettings,
+        clock: &Clock,
+        tls_generation: u64,
+    ) -> Self {
         // ±10% jitter so connections opened together do not all retire together.
         let age = settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
         let peer_max = u32::try_from(send.current_max_send_streams()).unwrap_or(u32::MAX);
@@ -352,6 +364,7 @@ impl Conn {
             drained: Notify::new(),
             retire_at: Instant::now() + age,
             last_active_nanos: AtomicU64::new(clock.now_nanos()),
+            tls_generation,
         }
     }
 
@@ -417,22 +430,21 @@ impl Drop for Slot {
 
 type Connected = (
     h2::client::SendRequest<Bytes>,
-    h2::client::Connection<TcpStream, Bytes>,
+    h2::client::Connection<Transport, Bytes>,
     h2::PingPong,
+    u64,
 );
 
 /// Opens TCP, performs the HTTP/2 handshake and waits for the server's
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
 async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
-    let tcp = TcpStream::connect(target).await.map_err(|e| e.to_string())?;
-    // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
-    let _ = tcp.set_nodelay(true);
+    let (transport, generation) = transport::connect(target, settings.tls.as_ref()).await?;
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
         .enable_push(false)
         .max_concurrent_reset_streams(1024)
-        .handshake::<_, Bytes>(tcp)
+        .handshake::<_, Bytes>(transport)
         .await
         .map_err(|e| format!("HTTP/2 handshake failed: {e}"))?;
     let mut ping = connection
@@ -450,7 +462,7 @@ async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, Str
         }
     });
     pong.await?;
-    Ok((send, connection, ping))
+    Ok((send, connection, ping, generation))
 }
 
 use std::future::Future;
@@ -461,7 +473,7 @@ use std::future::Future;
 async fn drive(
     conn: Arc<Conn>,
     pool: Weak<Pool>,
-    mut connection: h2::client::Connection<TcpStream, Bytes>,
+    mut connection: h2::client::Connection<Transport, Bytes>,
     mut ping: h2::PingPong,
 ) {
     let Some(settings) = pool.upgrade().map(|p| p.settings.clone()) else {
@@ -474,6 +486,10 @@ async fn drive(
     let mut ping_sent: Option<Instant> = None;
     let retire_at = sleep_until(conn.retire_at);
     tokio::pin!(retire_at);
+    // When a newer client certificate is loaded, this connection (made with
+    // the old one) is retired at a random moment within the drain window —
+    // at once if the old certificate is about to expire.
+    let mut rotation_deadline: Option<Instant> = None;
     let reason: String = loop {
         tokio::select! {
             result = &mut connection => {
@@ -516,6 +532,17 @@ async fn drive(
                 {
                     ping_sent = Some(now);
                     last_ping = now;
+                }
+                if let Some(tls) = &settings.tls
+                    && !conn.is_draining()
+                    && conn.tls_generation < tls.generation()
+                {
+                    let deadline = *rotation_deadline
+                        .get_or_insert_with(|| now + tls.upstream_drain().mul_f64(fastrand::f64()));
+                    if tls.expiring_soon() || now >= deadline {
+                        tracing::info!(target = %pool.target, conn = conn.id, "retiring connection made with a rotated client certificate");
+                        pool.retire(&conn);
+                    }
                 }
                 let idle_since = pool.clock.instant_at(conn.last_active_nanos.load(Ordering::Relaxed));
                 if in_flight == 0 && now.saturating_duration_since(idle_since) >= settings.idle_timeout {
