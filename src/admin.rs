@@ -60,7 +60,7 @@ pub(crate) async fn serve(gateway: Gateway, listener: TcpListener, mut stopped: 
     }
 }
 
-fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
+pub(crate) fn answer<B>(gateway: &Gateway, request: &Request<B>) -> Response<Body> {
     if request.method() != Method::GET {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -94,7 +94,7 @@ fn answer(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
 }
 
 /// Prometheus text format by default; OpenMetrics when the scraper asks for it.
-fn metrics(gateway: &Gateway, request: &Request<Incoming>) -> Response<Body> {
+fn metrics<B>(gateway: &Gateway, request: &Request<B>) -> Response<Body> {
     let openmetrics = request
         .headers()
         .get(ACCEPT)

@@ -16,8 +16,9 @@ use crate::body::Body;
 use crate::config::{Config, ConfigErrors};
 use crate::descriptors::{DescriptorError, Descriptors};
 use crate::routing::RouteTable;
+use crate::status::{Code, Status};
 use crate::tls::PeerIdentity;
-use crate::upstream::{Cluster, Resolve, SystemResolver};
+use crate::upstream::{Cluster, Resolve};
 
 /// Why a gateway could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +107,8 @@ pub(crate) struct GatewayInner {
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// Client connections open now.
     connections: std::sync::atomic::AtomicUsize,
+    /// Set by a shutdown handle: new calls are refused while calls in flight finish.
+    draining: std::sync::atomic::AtomicBool,
     /// TLS towards each upstream that has it.
     client_tls: Vec<(String, crate::tls::ClientTls)>,
     /// The listener's TLS, once a listener serves with it.
@@ -191,17 +194,18 @@ impl Gateway {
         Self::builder().config(config).descriptors(descriptors).build()
     }
 
-    /// A builder, for what a configuration file cannot say (a DNS resolver,
-    /// descriptors loaded in code).
-    pub fn builder() -> GatewayBuilder {
-        GatewayBuilder::default()
+    /// A builder: descriptors, upstreams, routes and in-process services
+    /// given in code, with or without a configuration file.
+    pub fn builder() -> crate::builder::GatewayBuilder {
+        crate::builder::GatewayBuilder::default()
     }
 
-    fn assemble(
+    pub(crate) fn assemble(
         config: Config,
         descriptors: Descriptors,
         resolver: Arc<dyn Resolve>,
         tls_reload: crate::tls::ReloadOptions,
+        services: Vec<crate::local::LocalService>,
     ) -> Result<Self, BuildError> {
         config.validate()?;
         crate::tls::check_listener(&config)?;
@@ -238,8 +242,9 @@ impl Gateway {
             }
         }
         let builtins = crate::builtin::builtins(descriptors.pool()).map_err(BuildError::Other)?;
-        let routes = RouteTable::new(&config.routes, &clusters, &builtins.services, descriptors.registry())
-            .map_err(BuildError::Other)?;
+        let locals: Vec<_> = services.into_iter().chain(builtins.services).collect();
+        let routes =
+            RouteTable::new(&config.routes, &clusters, &locals, descriptors.registry()).map_err(BuildError::Other)?;
         let router = crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
             .map_err(BuildError::Other)?;
         let rest = crate::rest::RestFrontEnd::new(router, descriptors.pool().clone(), &config.transcoding);
@@ -259,6 +264,7 @@ impl Gateway {
                 health: builtins.health.clone(),
                 telemetry,
                 connections: std::sync::atomic::AtomicUsize::new(0),
+                draining: std::sync::atomic::AtomicBool::new(false),
                 client_tls,
                 listener_tls: std::sync::OnceLock::new(),
             }),
@@ -315,6 +321,30 @@ impl Gateway {
     /// Every certificate loaded, with reload counters.
     pub fn certs(&self) -> CertsSnapshot {
         self.inner.certs()
+    }
+
+    /// Starts draining: new calls are refused with UNAVAILABLE (REST: 503),
+    /// the gateway reports NOT_SERVING, calls in flight carry on.
+    pub(crate) fn start_draining(&self) {
+        self.inner.draining.store(true, std::sync::atomic::Ordering::Release);
+        self.set_ready(false);
+    }
+
+    /// Calls started and not yet finished.
+    pub fn calls_in_flight(&self) -> usize {
+        self.inner
+            .telemetry
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refuse_while_draining(&self, request: &Request<Body>) -> Response<Body> {
+        let status = Status::new(Code::Unavailable, "the gateway is shutting down");
+        match Protocol::of(request) {
+            Protocol::Rest => self.inner.rest.error(&status),
+            Protocol::Grpc => status.to_grpc_response(),
+            Protocol::GrpcWeb => crate::grpc_web::error_response(&status, request),
+        }
     }
 
     pub(crate) fn set_listener_tls(&self, tls: crate::tls::ServerTls) {
@@ -374,6 +404,9 @@ impl Gateway {
             Some(crate::cors::Check::Actual(decoration)) => Some(decoration),
             None => None,
         };
+        if self.inner.draining.load(std::sync::atomic::Ordering::Acquire) {
+            return self.refuse_while_draining(&request);
+        }
         let mut response = match Protocol::of(&request) {
             Protocol::Grpc => crate::passthrough::forward(self, request, conn).await,
             // Boxed so that their larger futures do not grow every native gRPC
@@ -394,55 +427,5 @@ impl std::fmt::Debug for Gateway {
             .field("descriptors", &self.inner.descriptors)
             .field("upstreams", &self.inner.clusters.len())
             .finish()
-    }
-}
-
-/// Builds a [`Gateway`] step by step.
-#[derive(Default)]
-pub struct GatewayBuilder {
-    config: Option<Config>,
-    descriptors: Option<Descriptors>,
-    resolver: Option<Arc<dyn Resolve>>,
-    tls_reload: Option<crate::tls::ReloadOptions>,
-}
-
-impl GatewayBuilder {
-    /// The configuration (required).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = Some(config);
-        self
-    }
-
-    /// Descriptors loaded in code; without them the configuration's `descriptors` are loaded.
-    pub fn descriptors(mut self, descriptors: Descriptors) -> Self {
-        self.descriptors = Some(descriptors);
-        self
-    }
-
-    /// The resolver for `upstreams.*.dns` (default: the system resolver).
-    pub fn resolver(mut self, resolver: Arc<dyn Resolve>) -> Self {
-        self.resolver = Some(resolver);
-        self
-    }
-
-    /// How upstream certificates are watched and rotated (default: inotify
-    /// plus a 60 s poll; old connections drained within 5 minutes).
-    pub fn tls_reload(mut self, options: crate::tls::ReloadOptions) -> Self {
-        self.tls_reload = Some(options);
-        self
-    }
-
-    /// Builds the gateway; call it inside a tokio runtime so that background
-    /// work (health checks, DNS, outlier detection) starts.
-    pub fn build(self) -> Result<Gateway, BuildError> {
-        let config = self
-            .config
-            .ok_or_else(|| BuildError::Other("GatewayBuilder: no configuration given".into()))?;
-        let descriptors = match self.descriptors {
-            Some(descriptors) => descriptors,
-            None => Descriptors::load(&config.descriptors)?,
-        };
-        let resolver = self.resolver.unwrap_or_else(|| Arc::new(SystemResolver));
-        Gateway::assemble(config, descriptors, resolver, self.tls_reload.unwrap_or_default())
     }
 }

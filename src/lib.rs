@@ -20,10 +20,12 @@
 
 mod admin;
 mod body;
+mod builder;
 mod builtin;
 pub mod config;
 mod cors;
 pub mod descriptors;
+mod embed;
 #[doc(hidden)]
 pub mod fuzzing;
 mod gateway;
@@ -49,7 +51,9 @@ mod upstream;
 pub mod demo;
 
 pub use body::Body;
-pub use gateway::{BuildError, CertsSnapshot, ConnInfo, Gateway, GatewayBuilder};
+pub use builder::GatewayBuilder;
+pub use embed::{GatewayService, ShutdownHandle};
+pub use gateway::{BuildError, CertsSnapshot, ConnInfo, Gateway};
 pub use report::{check_warnings, route_lines};
 pub use server::{ServeOptions, serve, serve_admin};
 pub use status::{Code, Status};

@@ -96,8 +96,15 @@ impl Config {
     /// Parses and validates YAML text. Relative paths stay as written.
     pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
         let config = parse_yaml(text)?;
-        config.validate()?;
-        Ok(config)
+        let mut errors = validate::require_routes(&config);
+        if let Err(more) = config.validate() {
+            errors.extend(more.0);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Resolves every relative file path against `base` (the config file's directory).

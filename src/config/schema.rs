@@ -12,6 +12,24 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::units::{ByteSize, Duration};
 
+impl Config {
+    /// A configuration with nothing in it yet (listening on `127.0.0.1:0`),
+    /// for gateways assembled in code with [`crate::Gateway::builder`].
+    pub fn empty() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: None,
+            admin: None,
+            descriptors: Vec::new(),
+            transcoding: Transcoding::default(),
+            cors: None,
+            upstreams: BTreeMap::new(),
+            routes: Vec::new(),
+            observability: Observability::default(),
+        }
+    }
+}
+
 /// The whole gateway configuration (`config/gateway.yaml`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -290,7 +308,35 @@ pub struct Upstream {
     pub tls: Option<UpstreamTls>,
 }
 
+impl Default for Upstream {
+    /// No endpoints yet, every other setting at its documented default.
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            dns: None,
+            dns_refresh: Self::default_dns_refresh(),
+            balancer: BalancerKind::default(),
+            connect_timeout: Self::default_connect_timeout(),
+            pool: PoolConfig::default(),
+            http2: Http2Config::default(),
+            limits: Limits::default(),
+            outlier_detection: OutlierDetection::default(),
+            health_check: None,
+            retry: RetryPolicy::default(),
+            tls: None,
+        }
+    }
+}
+
 impl Upstream {
+    /// An upstream with these static `host:port` endpoints and default settings.
+    pub fn with_endpoints<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
+    }
+
     fn default_dns_refresh() -> Duration {
         Duration::from_secs(5)
     }
@@ -557,6 +603,17 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route sending calls that `matches` (`pkg.Service`, `pkg.Service/Method` or `*`)
+    /// to `upstream`, with the default timeouts.
+    pub fn new(matches: impl Into<String>, upstream: impl Into<String>) -> Self {
+        Self {
+            matches: matches.into(),
+            upstream: upstream.into(),
+            timeout: Self::default_timeout(),
+            stream_idle_timeout: Self::default_stream_idle_timeout(),
+        }
+    }
+
     fn default_timeout() -> Duration {
         Duration::from_secs(15)
     }

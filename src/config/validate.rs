@@ -4,11 +4,21 @@
 
 use super::{Config, ConfigError, RouteMatch, Upstream, did_you_mean};
 
-pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
+/// The rules of a configuration file: it must route something somewhere.
+/// (A gateway built in code may serve only in-process services instead.)
+pub(super) fn require_routes(config: &Config) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     if config.upstreams.is_empty() {
         errors.push(ConfigError::new("upstreams", "at least one upstream is required"));
     }
+    if config.routes.is_empty() {
+        errors.push(ConfigError::new("routes", "at least one route is required"));
+    }
+    errors
+}
+
+pub(super) fn validate(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
     for (name, upstream) in &config.upstreams {
         validate_upstream(&format!("upstreams.{name}"), upstream, &mut errors);
     }
@@ -196,9 +206,6 @@ fn check_host_port(text: &str) -> Result<(), String> {
 }
 
 fn validate_routes(config: &Config, errors: &mut Vec<ConfigError>) {
-    if config.routes.is_empty() {
-        errors.push(ConfigError::new("routes", "at least one route is required"));
-    }
     let mut earlier: Vec<(usize, RouteMatch)> = Vec::new();
     for (i, route) in config.routes.iter().enumerate() {
         let key = format!("routes[{i}]");

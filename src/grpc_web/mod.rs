@@ -121,6 +121,16 @@ fn web_error(status: &Status, encoding: Encoding) -> Response<Body> {
     response
 }
 
+/// A gateway-made gRPC-Web error for `request`, in the encoding it asked for.
+pub(crate) fn error_response(status: &Status, request: &Request<Body>) -> Response<Body> {
+    let encoding = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| parse_content_type(v.as_bytes()))
+        .map_or(Encoding::Binary, |(encoding, _)| encoding);
+    web_error(status, response_encoding(request.headers(), encoding))
+}
+
 /// A plain HTTP answer for a request that is not a gRPC-Web call at all.
 fn http_error(status: StatusCode, message: String) -> Response<Body> {
     let mut response = Response::new(Body::full(message));

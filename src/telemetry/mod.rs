@@ -28,6 +28,8 @@ pub(crate) use record::{CallRecord, CallStart, Observer, Served};
 /// The gateway's telemetry state.
 pub(crate) struct Telemetry {
     registry: Mutex<Registry>,
+    /// Calls started and not yet finished, across every front end.
+    pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) calls: metrics::CallMetrics,
     pub(crate) access_log: AccessLog,
     pub(crate) tracing: crate::config::Tracing,
@@ -48,6 +50,7 @@ impl Telemetry {
         let calls = metrics::CallMetrics::new(&mut registry, methods);
         Arc::new(Self {
             registry: Mutex::new(registry),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
             calls,
             access_log: observability.access_log.clone(),
             tracing: observability.tracing.clone(),

@@ -69,6 +69,7 @@ impl CallRecord {
     pub(crate) fn start(telemetry: &Arc<Telemetry>, start: CallStart<'_>) -> Self {
         let handles = telemetry.calls.for_path(start.protocol, start.grpc_path);
         handles.started.inc();
+        telemetry.in_flight.fetch_add(1, Ordering::Relaxed);
         let logging = telemetry.access_log.enabled;
         Self {
             state: Arc::new(State {
@@ -156,6 +157,7 @@ impl State {
         if self.finished.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.telemetry.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
         self.handles.finish(code, elapsed);
         let log = &self.telemetry.access_log;

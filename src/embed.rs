@@ -1,0 +1,114 @@
+//! Embedding the gateway in someone else's server: an axum `Router` to
+//! `nest` or `merge`, a plain `tower::Service` for hyper users, the admin
+//! endpoints as a router of their own, and a shutdown handle that drains
+//! calls in flight.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+
+use crate::body::{Body, BoxError};
+use crate::gateway::{ConnInfo, Gateway};
+
+impl Gateway {
+    /// Everything the gateway serves (REST, gRPC-Web, native gRPC, CORS
+    /// preflights) as an axum router, to `nest` under a prefix or `merge`
+    /// with your own routes. The client address comes from axum's
+    /// `ConnectInfo<SocketAddr>` when the app is served with it.
+    ///
+    /// ```no_run
+    /// # fn example(gateway: grpc_edge::Gateway) {
+    /// let app = axum::Router::new()
+    ///     .route("/hello", axum::routing::get(|| async { "hi" }))
+    ///     .nest("/api", gateway.router());
+    /// # let _ = app; }
+    /// ```
+    pub fn router(&self) -> axum::Router {
+        axum::Router::new().fallback_service(self.clone().into_service())
+    }
+
+    /// The gateway as a `tower::Service` over any request body, for hyper
+    /// (or any tower stack) without axum.
+    pub fn into_service(self) -> GatewayService {
+        GatewayService { gateway: self }
+    }
+
+    /// The admin endpoints (`/metrics`, `/healthz`, `/readyz`, `/upstreams`,
+    /// `/certs`, `/config`, `/routes`) as an axum router, for the host app
+    /// to serve wherever it serves its own.
+    pub fn admin_router(&self) -> axum::Router {
+        let gateway = self.clone();
+        axum::Router::new().fallback(move |request: Request<axum::body::Body>| {
+            let gateway = gateway.clone();
+            async move { crate::admin::answer(&gateway, &request).map(axum::body::Body::new) }
+        })
+    }
+
+    /// A handle that drains the gateway: new calls are refused, calls in
+    /// flight finish.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle { gateway: self.clone() }
+    }
+}
+
+/// Drains a gateway used as a library.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    gateway: Gateway,
+}
+
+impl ShutdownHandle {
+    /// Refuses new calls (UNAVAILABLE; REST 503), reports NOT_SERVING, and
+    /// waits until the calls in flight have finished or `timeout` passed.
+    /// Returns whether every call finished.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.gateway.start_draining();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.gateway.calls_in_flight() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+}
+
+/// The gateway as a `tower::Service`.
+#[derive(Clone, Debug)]
+pub struct GatewayService {
+    gateway: Gateway,
+}
+
+impl<B> tower::Service<Request<B>> for GatewayService
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let gateway = self.gateway.clone();
+        let remote = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0)
+            .or_else(|| request.extensions().get::<SocketAddr>().copied());
+        Box::pin(async move {
+            let conn = ConnInfo::new(remote, false);
+            Ok(gateway.handle(request.map(Body::new), &conn).await)
+        })
+    }
+}
