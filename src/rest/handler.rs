@@ -170,12 +170,14 @@ async fn serve(
         http_path: parts.uri.path(),
         streaming: options.streaming,
     };
-    let call = telemetry::begin(gateway, info, &mut headers, &mut upstream_body, conn);
+    let mut extensions = http::Extensions::new();
+    let call = telemetry::begin(gateway, info, &mut headers, &mut extensions, &mut upstream_body, conn);
     *record = Some(call.clone());
     let mut upstream_request = Request::new(upstream_body);
     *upstream_request.method_mut() = Method::POST;
     *upstream_request.uri_mut() = uri;
     *upstream_request.headers_mut() = headers;
+    *upstream_request.extensions_mut() = extensions;
     let upstream_response = target.upstream.call(upstream_request, options).await;
     if let Some(served) = upstream_response.extensions().get::<telemetry::Served>() {
         call.set_served(Some(served));

@@ -12,6 +12,7 @@
 
 pub(crate) mod collector;
 pub(crate) mod metrics;
+pub(crate) mod otlp;
 pub(crate) mod record;
 pub(crate) mod trace;
 
@@ -33,6 +34,8 @@ pub(crate) struct Telemetry {
     pub(crate) calls: metrics::CallMetrics,
     pub(crate) access_log: AccessLog,
     pub(crate) tracing: crate::config::Tracing,
+    /// Span export, when a collector is configured.
+    pub(crate) exporter: Option<otlp::Exporter>,
 }
 
 /// The exposition format of `/metrics`.
@@ -54,6 +57,9 @@ impl Telemetry {
             calls,
             access_log: observability.access_log.clone(),
             tracing: observability.tracing.clone(),
+            exporter: (!observability.tracing.otlp_endpoint.is_empty())
+                .then(|| otlp::Exporter::start(&observability.tracing.otlp_endpoint, &observability.tracing.service_name))
+                .flatten(),
         })
     }
 
@@ -97,12 +103,21 @@ pub(crate) fn begin(
     gateway: &crate::gateway::Gateway,
     info: CallInfo<'_>,
     upstream_headers: &mut http::HeaderMap,
+    upstream_extensions: &mut http::Extensions,
     upstream_body: &mut crate::body::Body,
     conn: &crate::gateway::ConnInfo,
 ) -> CallRecord {
     let telemetry = gateway.telemetry();
     let start_new = (!telemetry.tracing.otlp_endpoint.is_empty()).then_some(telemetry.tracing.sample_ratio);
     let trace = trace::propagate(upstream_headers, start_new);
+    if let (Some(context), Some(exporter)) = (trace, &telemetry.exporter)
+        && context.sampled
+    {
+        upstream_extensions.insert(AttemptTracer {
+            context,
+            exporter: exporter.clone(),
+        });
+    }
     let peer = conn
         .client_identity
         .as_ref()
@@ -116,12 +131,60 @@ pub(crate) fn begin(
             http_path: info.http_path,
             client: conn.remote,
             peer: peer.as_deref(),
-            trace_id: trace.map(|t| t.trace_id_hex()),
+            trace,
             streaming: info.streaming,
         },
     );
     upstream_body.observe(Observer::new(record.clone(), true));
     record
+}
+
+/// Put in an upstream request's extensions when its trace is exported: the
+/// upstream side makes a client span per attempt, child of the call's span.
+#[derive(Clone)]
+pub(crate) struct AttemptTracer {
+    context: trace::TraceContext,
+    exporter: otlp::Exporter,
+}
+
+/// One upstream attempt being traced.
+pub(crate) struct AttemptSpan {
+    tracer: AttemptTracer,
+    span_id: [u8; 8],
+    start: std::time::SystemTime,
+}
+
+impl AttemptTracer {
+    /// Starts an attempt's span and points the upstream's `traceparent` at it.
+    pub(crate) fn start(&self, headers: &mut http::HeaderMap) -> AttemptSpan {
+        let span_id = trace::child_of(headers, &self.context);
+        AttemptSpan {
+            tracer: self.clone(),
+            span_id,
+            start: std::time::SystemTime::now(),
+        }
+    }
+}
+
+impl AttemptSpan {
+    /// Ends the span with the attempt's result.
+    pub(crate) fn end(self, endpoint: &str, status: Option<&crate::status::Status>) {
+        let code = status.map_or(crate::status::Code::Ok, |s| s.code);
+        self.tracer.exporter.export(otlp::Span {
+            trace_id: self.tracer.context.trace_id,
+            span_id: self.span_id,
+            parent_id: Some(self.tracer.context.span_id),
+            name: format!("upstream {endpoint}"),
+            kind: otlp::SpanKind::Client,
+            start: self.start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("server.address", serde_json::Value::String(endpoint.to_string())),
+                ("rpc.grpc.status_code", serde_json::Value::from(code.as_i32())),
+            ],
+            error: status.filter(|s| s.code != crate::status::Code::Ok).map(ToString::to_string),
+        });
+    }
 }
 
 /// `begin` for a request forwarded as it came (native gRPC, gRPC-Web).
@@ -140,7 +203,7 @@ pub(crate) fn begin_forward(
         http_path: parts.uri.path(),
         streaming,
     };
-    let record = begin(gateway, info, &mut parts.headers, &mut body, conn);
+    let record = begin(gateway, info, &mut parts.headers, &mut parts.extensions, &mut body, conn);
     (http::Request::from_parts(parts, body), record)
 }
 
@@ -172,7 +235,7 @@ pub(crate) fn refused(
             http_path,
             client: conn.remote,
             peer: None,
-            trace_id: None,
+            trace: None,
             streaming: false,
         },
     );

@@ -36,7 +36,8 @@ struct State {
     path: String,
     client: Option<SocketAddr>,
     peer: Option<String>,
-    trace_id: Option<String>,
+    trace: Option<super::trace::TraceContext>,
+    wall_start: std::time::SystemTime,
     streaming: bool,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -61,7 +62,7 @@ pub(crate) struct CallStart<'a> {
     pub(crate) http_path: &'a str,
     pub(crate) client: Option<SocketAddr>,
     pub(crate) peer: Option<&'a str>,
-    pub(crate) trace_id: Option<String>,
+    pub(crate) trace: Option<super::trace::TraceContext>,
     pub(crate) streaming: bool,
 }
 
@@ -85,7 +86,8 @@ impl CallRecord {
                 },
                 client: start.client,
                 peer: start.peer.map(str::to_owned),
-                trace_id: start.trace_id,
+                trace: start.trace,
+                wall_start: std::time::SystemTime::now(),
                 streaming: start.streaming,
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
@@ -160,6 +162,7 @@ impl State {
         self.telemetry.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
         self.handles.finish(code, elapsed);
+        self.export_span(code, message);
         let log = &self.telemetry.access_log;
         if !log.enabled || (code == Code::Ok && log.sample_successes < 1.0 && fastrand::f64() >= log.sample_successes) {
             return;
@@ -184,9 +187,42 @@ impl State {
             client = self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
             retries = served.as_ref().map_or(0, |s| s.retries),
             peer = self.peer.as_deref().unwrap_or(""),
-            trace_id = self.trace_id.as_deref().unwrap_or(""),
+            trace_id = self.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
             "call"
         );
+    }
+}
+
+impl State {
+    /// The call's server span, when its trace is exported.
+    fn export_span(&self, code: Code, message: &str) {
+        let (Some(exporter), Some(trace)) = (&self.telemetry.exporter, self.trace) else {
+            return;
+        };
+        if !trace.sampled {
+            return;
+        }
+        let value = |s: &str| serde_json::Value::String(s.to_string());
+        exporter.export(super::otlp::Span {
+            trace_id: trace.trace_id,
+            span_id: trace.span_id,
+            parent_id: trace.parent_id,
+            name: format!("{}/{}", self.handles.service, self.handles.method),
+            kind: super::otlp::SpanKind::Server,
+            start: self.wall_start,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("rpc.system", value("grpc")),
+                ("rpc.service", value(&self.handles.service)),
+                ("rpc.method", value(&self.handles.method)),
+                ("rpc.grpc.status_code", serde_json::Value::from(code.as_i32())),
+                ("grpc_edge.protocol", value(self.protocol.as_str())),
+                ("http.request.method", value(self.http_method.as_str())),
+                ("http.response.status_code", serde_json::Value::from(self.http_status.load(Ordering::Relaxed))),
+                ("client.address", value(&self.client.map(|c| c.ip().to_string()).unwrap_or_default())),
+            ],
+            error: (code != Code::Ok).then(|| format!("{code}: {message}")),
+        });
     }
 }
 

@@ -57,6 +57,14 @@ pub(crate) fn propagate(headers: &mut HeaderMap, start_new: Option<f64>) -> Opti
     Some(context)
 }
 
+/// Gives an upstream attempt a span of its own under the call's span: a new
+/// span id, written into `traceparent`. Returns the id.
+pub(crate) fn child_of(headers: &mut HeaderMap, call: &TraceContext) -> [u8; 8] {
+    let span_id = random_id();
+    headers.insert(TRACEPARENT, encode(&call.trace_id, &span_id, call.sampled));
+    span_id
+}
+
 /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and unknown versions' bad shapes are invalid.
 pub(crate) fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {

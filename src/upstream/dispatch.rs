@@ -23,6 +23,7 @@ use super::retry::{Pushback, pushback};
 use super::{CallOptions, Cluster, UpstreamBody};
 use crate::body::Body;
 use crate::status::{Code, Status};
+use crate::telemetry::{AttemptSpan, AttemptTracer};
 
 /// Most tries of one call when connecting fails or its stream is refused.
 const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
@@ -50,6 +51,7 @@ impl Cluster {
             options.idle_timeout.map(|limit| (limit, Activity::new(self.clock))),
         );
         let pool_deadline = options.deadline.map(|d| d.at);
+        let tracer = parts.extensions.get::<AttemptTracer>();
         let mut admitted = Some(admitted);
 
         for _attempt in 0..MAX_TRANSPARENT_ATTEMPTS + self.retries.max_attempts as usize {
@@ -79,16 +81,24 @@ impl Cluster {
                 break;
             };
             let end_of_stream = request_body.is_end_stream();
-            let head = self.request_head(&parts, &guard.endpoint().authority, options.deadline);
+            let mut head = self.request_head(&parts, &guard.endpoint().authority, options.deadline);
+            let span = tracer.map(|t| t.start(head.headers_mut()));
+            let end_span = |span: Option<AttemptSpan>, target: &str, status: Option<&Status>| {
+                if let Some(span) = span {
+                    span.end(target, status);
+                }
+            };
             let (response, send) = match guard.slot().send_request(head, end_of_stream) {
                 Ok(opened) => opened,
                 Err(error) => {
                     // Nothing left us: the connection is going away. Try another.
                     guard.slot().retire_connection();
-                    last_failure = Some(Status::new(
+                    let status = Status::new(
                         Code::Unavailable,
                         format!("upstream {} connection closing: {error}", guard.endpoint().target),
-                    ));
+                    );
+                    end_span(span, &guard.endpoint().target, Some(&status));
+                    last_failure = Some(status);
                     body = Some(request_body);
                     continue;
                 }
@@ -119,6 +129,8 @@ impl Cluster {
             match head_result {
                 Ok(Ok(response)) => {
                     guard.endpoint().observe_rtt(&self.clock, started.elapsed());
+                    let headers_status = Status::from_headers(response.headers());
+                    end_span(span, &guard.endpoint().target, headers_status.as_ref());
                     // A trailers-only answer with a code the operator opted into:
                     // nothing went to the client yet, so it may be retried.
                     if let Some(status) = Status::from_headers(response.headers())
@@ -160,6 +172,7 @@ impl Cluster {
                         guard.slot().retire_connection();
                     }
                     let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
+                    end_span(span, &guard.endpoint().target, Some(&status));
                     if unprocessed && replay.as_ref().is_some_and(Replay::is_available) {
                         // The backend never processed it: safe to send elsewhere.
                         guard.finish(Outcome::Neutral);
@@ -172,6 +185,7 @@ impl Cluster {
                     return status.to_grpc_response();
                 }
                 Err(status) => {
+                    end_span(span, &guard.endpoint().target, Some(&status));
                     guard.finish(timers.deadline_outcome());
                     guard.set_code(status.code);
                     return status.to_grpc_response();
