@@ -14,6 +14,7 @@ pub mod pb {
     include!("generated/demo.v1.rs");
 }
 
+mod page;
 mod service;
 
 pub use service::{Backend, OrderDesk};
@@ -59,7 +60,18 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         backends.push(backend);
     }
     let addrs: Vec<SocketAddr> = backends.iter().map(Backend::addr).collect();
-    let gateway = demo_gateway(demo_config(listen, &addrs)?)?;
+    let page = page::serve_page()
+        .await
+        .map_err(|e| BuildError::Other(format!("cannot serve the demo page: {e}")))?;
+    let mut config = demo_config(listen, &addrs)?;
+    config.cors = Some(crate::config::Cors {
+        allow_origins: vec![format!("http://{page}")],
+        allow_credentials: false,
+        allow_headers: vec!["x-demo-fail".into(), "x-demo-delay-ms".into()],
+        expose_headers: Vec::new(),
+        max_age: crate::config::Duration::from_secs(600),
+    });
+    let gateway = demo_gateway(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| BuildError::Other(format!("cannot listen on {listen}: {e}")))?;
@@ -87,6 +99,9 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         Err(e) => println!("\ngrpc-edge demo: the self-check call failed: {e}"),
     }
     let base = format!("http://{bound}");
+    let gateway_origin = format!("http://localhost:{}", bound.port());
+    println!("\nIn a browser (gRPC-Web and REST, cross-origin under CORS):");
+    println!("  open http://{page}/?gateway={gateway_origin}");
     println!("\nTry REST/JSON (curl):");
     println!("  curl -s {base}/v1/orders/1");
     println!("  curl -s '{base}/v1/orders?state=SHIPPED'");
