@@ -20,33 +20,17 @@ use crate::upstream::{CallOptions, Deadline, add_forwarded};
 /// Forwards one native gRPC call.
 pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
     let received = Instant::now();
+    let refuse = |request: &Request<Body>, status: Status| {
+        let (method, path) = (request.method(), request.uri().path());
+        telemetry::refused(gateway, Protocol::Grpc, method, path, conn, &status, 200);
+        status.to_grpc_response()
+    };
     let Some(target) = gateway.routes().resolve(request.uri().path()) else {
-        let status = unknown_method(request.uri().path());
-        telemetry::refused(
-            gateway,
-            Protocol::Grpc,
-            request.method(),
-            request.uri().path(),
-            conn,
-            &status,
-            200,
-        );
-        return status.to_grpc_response();
+        return refuse(&request, unknown_method(request.uri().path()));
     };
     let options = match call_options(target, request.headers(), received) {
         Ok(options) => options,
-        Err(status) => {
-            telemetry::refused(
-                gateway,
-                Protocol::Grpc,
-                request.method(),
-                request.uri().path(),
-                conn,
-                &status,
-                200,
-            );
-            return status.to_grpc_response();
-        }
+        Err(status) => return refuse(&request, status),
     };
     if request.version() != http::Version::HTTP_2 {
         strip_connection_headers(request.headers_mut());
