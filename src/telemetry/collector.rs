@@ -294,7 +294,10 @@ impl Collector for GatewayCollector {
                     (
                         CertLabels {
                             side: side.clone(),
-                            role: format!("{:?}", c.role),
+                            role: serde_json::to_value(c.role)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_owned))
+                                .unwrap_or_default(),
                             file: c.file.display().to_string(),
                             subject: c.subject.clone(),
                             serial: c.serial.clone(),

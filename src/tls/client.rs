@@ -168,6 +168,15 @@ impl ClientTls {
             .is_some_and(|leaf| leaf.seconds_left(unix_now()) < window)
     }
 
+    /// The not-after time (Unix seconds) of the client certificate of `generation`,
+    /// if that generation is still the current one and has a client certificate.
+    pub fn client_not_after(&self, generation: u64) -> Option<i64> {
+        let current = self.reloader.current();
+        (current.generation == generation)
+            .then(|| current.material.leaf().map(|leaf| leaf.not_after))
+            .flatten()
+    }
+
     /// The certificates in use and the reload counters.
     pub fn status(&self) -> TlsStatus {
         self.reloader.status()

@@ -168,7 +168,16 @@ fn presented_names(presented: &[String]) -> String {
     if presented.is_empty() {
         String::new()
     } else {
-        format!(", the certificate is for {}", presented.join(", "))
+        // rustls reports names in their Debug form (`DnsName("a.example")`).
+        let names: Vec<&str> = presented
+            .iter()
+            .map(|name| {
+                name.split_once("(\"")
+                    .and_then(|(_, rest)| rest.strip_suffix("\")"))
+                    .unwrap_or(name)
+            })
+            .collect();
+        format!(", the certificate is for {}", names.join(", "))
     }
 }
 

@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub(crate) use cert_info::unix_now;
 pub use cert_info::{CertInfo, CertRole, PeerIdentity, SubjectAltName};
 pub(crate) use check::check_listener;
 pub use check::{CertReport, certificate_report};

@@ -117,6 +117,12 @@ impl<T: Send + Sync + 'static> Reloader<T> {
     /// Reads the files now; swaps in a new snapshot if they changed and are
     /// valid. `Ok(true)`: swapped; `Ok(false)`: nothing changed.
     pub(crate) fn check_now(&self) -> Result<bool, LoadError> {
+        self.check(true)
+    }
+
+    /// `check_now`, optionally without counting or logging a rejected set
+    /// (for a first look at files that may still be being written).
+    fn check(&self, count_errors: bool) -> Result<bool, LoadError> {
         let mut last_failed = self
             .last_failed
             .lock()
@@ -172,7 +178,7 @@ impl<T: Send + Sync + 'static> Reloader<T> {
                 Ok(true)
             }
             Err((fingerprint, error)) => {
-                if *last_failed != Some(fingerprint) {
+                if count_errors && *last_failed != Some(fingerprint) {
                     *last_failed = Some(fingerprint);
                     self.errors.fetch_add(1, Ordering::Relaxed);
                     self.last_error.store(Some(Arc::new(error.to_string())));
@@ -259,7 +265,7 @@ fn watch_dirs(paths: &[&Path]) -> Vec<PathBuf> {
 }
 
 async fn watch_loop<T: Send + Sync + 'static>(
-    reloader: Weak<Reloader<T>>,
+    reloader_weak: Weak<Reloader<T>>,
     stop: Arc<Notify>,
     dirs: Vec<PathBuf>,
     options: ReloadOptions,
@@ -285,11 +291,24 @@ async fn watch_loop<T: Send + Sync + 'static>(
                 }
             }
         }
-        let Some(reloader) = reloader.upgrade() else {
+        let Some(reloader) = reloader_weak.upgrade() else {
             return;
         };
-        // A rejected set is logged and counted inside; nothing more to do here.
-        let _ = reloader.check_now();
+        // A set that does not validate may be half written (a certificate
+        // replaced a moment before its key): look again once the files have
+        // been quiet for `settle`, and only then count and log a rejection.
+        if reloader.check(false).is_err() {
+            drop(reloader);
+            tokio::select! {
+                _ = stop.notified() => return,
+                _ = tokio::time::sleep(options.settle) => {}
+            }
+            let Some(reloader) = reloader_weak.upgrade() else {
+                return;
+            };
+            let _ = reloader.check_now();
+            continue;
+        }
         let day = 86_400;
         if unix_now() - reloader.last_expiry_warning.load(Ordering::Relaxed) >= day {
             reloader.warn_expiring();

@@ -28,7 +28,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::clock::Clock;
 use super::limits::{Limits, Overflow};
-use super::transport::{self, Transport};
+use super::transport::{self, Handshake, Transport};
 
 /// Pool and connection settings, from `upstreams.*.pool`, `http2` and `limits`.
 #[derive(Clone, Debug)]
@@ -259,13 +259,13 @@ impl Pool {
                 Err(_) => Err(format!("timed out after {:?}", pool.settings.connect_timeout)),
             };
             match outcome {
-                Ok((send, connection, ping, generation)) => {
+                Ok((send, connection, ping, handshake)) => {
                     let conn = Arc::new(Conn::new(
                         pool.next_conn_id.fetch_add(1, Ordering::Relaxed),
                         send,
                         &pool.settings,
                         &pool.clock,
-                        generation,
+                        handshake,
                     ));
                     pool.conns.rcu(|conns| {
                         let mut next = Vec::clone(conns);
@@ -339,8 +339,8 @@ pub(crate) struct Conn {
     retire_at: Instant,
     /// When the last call ended (pool clock), for the idle timeout.
     last_active_nanos: AtomicU64,
-    /// The client certificate generation its TLS handshake used (0: plaintext).
-    tls_generation: u64,
+    /// What its TLS handshake used (generation 0: plaintext).
+    tls: Handshake,
 }
 
 impl Conn {
@@ -349,7 +349,7 @@ impl Conn {
         send: h2::client::SendRequest<Bytes>,
         settings: &PoolSettings,
         clock: &Clock,
-        tls_generation: u64,
+        tls: Handshake,
     ) -> Self {
         // ±10% jitter so connections opened together do not all retire together.
         let age = settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
@@ -364,7 +364,7 @@ impl Conn {
             drained: Notify::new(),
             retire_at: Instant::now() + age,
             last_active_nanos: AtomicU64::new(clock.now_nanos()),
-            tls_generation,
+            tls,
         }
     }
 
@@ -432,13 +432,13 @@ type Connected = (
     h2::client::SendRequest<Bytes>,
     h2::client::Connection<Transport, Bytes>,
     h2::PingPong,
-    u64,
+    Handshake,
 );
 
 /// Opens TCP, performs the HTTP/2 handshake and waits for the server's
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
 async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
-    let (transport, generation) = transport::connect(target, settings.tls.as_ref()).await?;
+    let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
@@ -462,7 +462,7 @@ async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, Str
         }
     });
     pong.await?;
-    Ok((send, connection, ping, generation))
+    Ok((send, connection, ping, handshake))
 }
 
 use std::future::Future;
@@ -535,11 +535,16 @@ async fn drive(
                 }
                 if let Some(tls) = &settings.tls
                     && !conn.is_draining()
-                    && conn.tls_generation < tls.generation()
+                    && conn.tls.generation < tls.generation()
                 {
                     let deadline = *rotation_deadline
                         .get_or_insert_with(|| now + tls.upstream_drain().mul_f64(fastrand::f64()));
-                    if tls.expiring_soon() || now >= deadline {
+                    // The certificate this connection was made with, not the new one.
+                    let expiring = conn.tls.client_not_after.is_some_and(|not_after| {
+                        let left = not_after - crate::tls::unix_now();
+                        left < crate::tls::CLIENT_EXPIRY_DRAIN.as_secs() as i64
+                    });
+                    if expiring || now >= deadline {
                         tracing::info!(target = %pool.target, conn = conn.id, "retiring connection made with a rotated client certificate");
                         pool.retire(&conn);
                     }

@@ -18,22 +18,33 @@ pub(crate) enum Transport {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// What a TLS handshake used: the certificate generation (0 for plaintext)
+/// and the client certificate's not-after time (Unix seconds), when known.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Handshake {
+    pub(crate) generation: u64,
+    pub(crate) client_not_after: Option<i64>,
+}
+
 /// Connects to `target` (`host:port`); with `tls`, performs the handshake
-/// (SNI and verification against `server_name`, or the host). Returns the
-/// certificate generation the handshake used (0 for plaintext).
-pub(crate) async fn connect(target: &str, tls: Option<&ClientTls>) -> Result<(Transport, u64), String> {
+/// (SNI and verification against `server_name`, or the host).
+pub(crate) async fn connect(target: &str, tls: Option<&ClientTls>) -> Result<(Transport, Handshake), String> {
     let tcp = TcpStream::connect(target).await.map_err(|e| e.to_string())?;
     // Without TCP_NODELAY small gRPC frames wait on Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok((Transport::Plain(tcp), 0));
+        return Ok((Transport::Plain(tcp), Handshake::default()));
     };
     let host = target.rsplit_once(':').map_or(target, |(host, _)| host);
     let (stream, generation) = tls
         .connect_with_generation(tcp, host)
         .await
         .map_err(|e| format!("TLS handshake with {target} failed: {e}"))?;
-    Ok((Transport::Tls(Box::new(stream)), generation))
+    let handshake = Handshake {
+        generation,
+        client_not_after: tls.client_not_after(generation),
+    };
+    Ok((Transport::Tls(Box::new(stream)), handshake))
 }
 
 impl AsyncRead for Transport {

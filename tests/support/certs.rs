@@ -315,3 +315,57 @@ pub async fn tls_connect(
 pub fn peer_leaf(stream: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     stream.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
+
+// Helpers for `tests/tls_upstream.rs`: backends that trust several client
+// CAs at once (a CA rotation's overlap), CA bundles, and serial numbers as
+// the backend and `GET /certs` see them.
+
+/// A rustls server configuration presenting `leaf` that requires client
+/// certificates from any of `client_cas` (none given: asks for none).
+pub fn server_config_for_cas(leaf: &Leaf, client_cas: &[&Ca], alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let builder = if client_cas.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in client_cas {
+            roots.add(ca.der.clone()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut config = builder
+        .with_single_cert(vec![leaf.der.clone()], private_key(leaf))
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+/// The PEMs of `cas` one after another, as a CA bundle file holds them.
+pub fn ca_bundle(cas: &[&Ca]) -> String {
+    cas.iter().map(|ca| ca.cert_pem.as_str()).collect()
+}
+
+/// The serial number of a DER certificate, as a number (what
+/// [`Leaf::serial`] holds for the certificates made here).
+pub fn serial_of_der(der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let raw = cert.raw_serial();
+    (raw.len() <= 9).then(|| raw.iter().fold(0u64, |n, b| (n << 8) | u64::from(*b)))
+}
+
+/// A serial number as `GET /certs` and the metrics print it: the bytes of
+/// its DER integer in hex, colon-separated (`1000` → `03:e8`).
+pub fn serial_hex(serial: u64) -> String {
+    let bytes = serial.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len() - 1);
+    let mut minimal = bytes[first..].to_vec();
+    if minimal[0] & 0x80 != 0 {
+        minimal.insert(0, 0);
+    }
+    minimal.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
