@@ -1,0 +1,88 @@
+//! A minimal HTTP/2 server that refuses every stream with GOAWAY.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+/// A minimal HTTP/2 server (raw frames, no HPACK): it answers SETTINGS and
+/// PING, and answers every request's HEADERS with `GOAWAY(last_stream_id:
+/// 0, NO_ERROR)` — so every stream sent to it is, provably, unprocessed and
+/// safe to send elsewhere.
+pub struct RefusingBackend {
+    pub addr: SocketAddr,
+    refused: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl RefusingBackend {
+    pub async fn start() -> RefusingBackend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refused = Arc::new(AtomicU64::new(0));
+        let counter = refused.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), refuse_streams(tcp, counter)).await;
+                });
+            }
+        });
+        RefusingBackend { addr, refused, task }
+    }
+
+    /// Streams answered with GOAWAY.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RefusingBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn refuse_streams(mut tcp: tokio::net::TcpStream, refused: Arc<AtomicU64>) -> io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const HEADERS: u8 = 0x1;
+    const GOAWAY: u8 = 0x7;
+    const ACK: u8 = 0x1;
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + payload.len());
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags, 0, 0, 0, 0]);
+        out.extend_from_slice(payload);
+        out
+    }
+    let mut preface = [0u8; 24];
+    tcp.read_exact(&mut preface).await?;
+    tcp.write_all(&frame(SETTINGS, 0, &[])).await?;
+    loop {
+        let mut head = [0u8; 9];
+        tcp.read_exact(&mut head).await?;
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let (kind, flags) = (head[3], head[4]);
+        let mut payload = vec![0u8; length];
+        tcp.read_exact(&mut payload).await?;
+        match kind {
+            SETTINGS if flags & ACK == 0 => tcp.write_all(&frame(SETTINGS, ACK, &[])).await?,
+            PING if flags & ACK == 0 => tcp.write_all(&frame(PING, ACK, &payload)).await?,
+            HEADERS => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                // Last processed stream 0: this stream was never looked at.
+                tcp.write_all(&frame(GOAWAY, 0, &[0; 8])).await?;
+            }
+            _ => {}
+        }
+    }
+}
