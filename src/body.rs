@@ -16,10 +16,10 @@ use crate::telemetry::Observer;
 use crate::upstream::UpstreamBody;
 
 /// Errors a body can yield; they end the exchange (an HTTP/2 stream is reset).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A boxed body, for anything that is not one of the built-in variants.
-pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A request or response body.
 pub struct Body {

@@ -92,6 +92,11 @@ impl GatewayBuilder {
     /// Serves a tonic service in-process: REST, gRPC-Web and native gRPC
     /// calls to it become direct tower calls, with no socket in between.
     /// Its descriptors must be added too (for REST and gRPC-Web).
+    ///
+    /// It takes every call to its service name (`S::NAME`) before any route
+    /// is consulted, unless a route names that service or one of its
+    /// methods explicitly; then the route wins. Calls get the default
+    /// deadlines (15 s for unary calls, 5 min idle for streams).
     pub fn service<S, B>(mut self, service: S) -> Self
     where
         S: tonic::server::NamedService
@@ -153,6 +158,14 @@ impl GatewayBuilder {
 
     /// Builds the gateway. Call it inside a tokio runtime so that background
     /// work (health checks, DNS, outlier detection, certificate watching) starts.
+    ///
+    /// # Errors
+    ///
+    /// Every mistake is an error naming what is wrong: an invalid setting
+    /// (with its key path), an upstream defined twice, a route to an
+    /// upstream that does not exist, nothing to serve (no route and no
+    /// in-process service), descriptors that cannot be loaded or merged, an
+    /// in-process service registered twice or without its descriptors.
     pub fn build(self) -> Result<Gateway, BuildError> {
         let mut config = self.config.unwrap_or_else(Config::empty);
         for (name, upstream) in self.upstreams {

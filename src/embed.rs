@@ -22,6 +22,19 @@ impl Gateway {
     /// with your own routes. The client address comes from axum's
     /// `ConnectInfo<SocketAddr>` when the app is served with it.
     ///
+    /// The router claims no path of its own: it is one fallback service. So
+    /// your routes never conflict with it. They win for their own paths
+    /// (for every HTTP method on that path, as axum routes do), and the
+    /// gateway answers everything else. The one mistake is to `merge` it into
+    /// a router that has a fallback of its own: axum refuses two fallbacks
+    /// with a panic when the app is assembled, before anything is served.
+    /// `nest` next to a host fallback is fine.
+    ///
+    /// Under a prefix, REST clients and gRPC-Web clients (base URL
+    /// `https://host/prefix`) work as usual; native gRPC clients do not put
+    /// a prefix in front of `/pkg.Service/Method`, so `merge` the router at
+    /// the root for them.
+    ///
     /// ```no_run
     /// # fn example(gateway: grpc_edge::Gateway) {
     /// let app = axum::Router::new()
@@ -34,8 +47,17 @@ impl Gateway {
     }
 
     /// The gateway as a `tower::Service` over any request body, for hyper
-    /// (or any tower stack) without axum.
+    /// (or any tower stack) without axum. It is always ready and never
+    /// fails: every problem is an answer (a gRPC status, or a REST error
+    /// body). For `x-forwarded-for`, put the client's `SocketAddr` in the
+    /// request's extensions (axum's `ConnectInfo<SocketAddr>` works too).
+    ///
+    /// A gateway handed to its host this way counts as serving: `/readyz`
+    /// answers 200 and the built-in health service SERVING (until it drains).
     pub fn into_service(self) -> GatewayService {
+        if !self.is_ready() && !self.is_draining() {
+            self.set_ready(true);
+        }
         GatewayService { gateway: self }
     }
 

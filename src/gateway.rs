@@ -150,8 +150,11 @@ impl GatewayInner {
 
     /// Each service routed to a network upstream, and whether that upstream
     /// has an endpoint in service now.
+    ///
+    /// The empty name (the gateway itself) comes first, from the ready flag.
     pub(crate) fn service_availability(&self) -> Vec<(String, bool)> {
-        let mut services: Vec<(String, bool)> = Vec::new();
+        let ready = self.ready.load(std::sync::atomic::Ordering::Acquire);
+        let mut services: Vec<(String, bool)> = vec![(String::new(), ready)];
         for method in self.descriptors.registry().methods() {
             let service = method.service();
             if services.iter().any(|(s, _)| s == service) {
@@ -242,9 +245,14 @@ impl Gateway {
             }
         }
         let builtins = crate::builtin::builtins(descriptors.pool()).map_err(BuildError::Other)?;
-        let locals: Vec<_> = services.into_iter().chain(builtins.services).collect();
-        let routes =
-            RouteTable::new(&config.routes, &clusters, &locals, descriptors.registry()).map_err(BuildError::Other)?;
+        let routes = RouteTable::new(
+            &config.routes,
+            &clusters,
+            &services,
+            &builtins.services,
+            descriptors.registry(),
+        )
+        .map_err(BuildError::Other)?;
         let router = crate::rest::router::RestRouter::new(descriptors.registry(), descriptors.pool())
             .map_err(BuildError::Other)?;
         let rest = crate::rest::RestFrontEnd::new(router, descriptors.pool().clone(), &config.transcoding);
@@ -306,7 +314,12 @@ impl Gateway {
         } else {
             tonic_health::ServingStatus::NotServing
         };
-        tokio::spawn(async move { health.set_service_status("", status).await });
+        // The health reporter is async; outside a runtime (a host building its
+        // router before starting one) the flag alone is set, and the health
+        // service catches up within a second (`builtin::track_services`).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { health.set_service_status("", status).await });
+        }
     }
 
     pub(crate) fn rest(&self) -> &crate::rest::RestFrontEnd {
@@ -321,6 +334,11 @@ impl Gateway {
     /// Every certificate loaded, with reload counters.
     pub fn certs(&self) -> CertsSnapshot {
         self.inner.certs()
+    }
+
+    /// Whether the gateway drains: it refuses new calls.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.inner.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Starts draining: new calls are refused with UNAVAILABLE (REST: 503),

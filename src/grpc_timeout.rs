@@ -6,18 +6,18 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// `grpc-timeout`.
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// Why a `grpc-timeout` value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed grpc-timeout {value:?}: expected 1 to 8 digits followed by a unit H, M, S, m, u or n")]
-pub struct InvalidTimeout {
+pub(crate) struct InvalidTimeout {
     /// The value as received (lossy).
     pub value: String,
 }
 
 /// Parses a `grpc-timeout` value such as `100m` or `5S`.
-pub fn parse(value: &[u8]) -> Result<Duration, InvalidTimeout> {
+pub(crate) fn parse(value: &[u8]) -> Result<Duration, InvalidTimeout> {
     let invalid = || InvalidTimeout {
         value: String::from_utf8_lossy(&value[..value.len().min(32)]).into_owned(),
     };
@@ -38,7 +38,7 @@ pub fn parse(value: &[u8]) -> Result<Duration, InvalidTimeout> {
 }
 
 /// Encodes a duration in the finest unit whose value fits in 8 digits.
-pub fn encode(timeout: Duration) -> HeaderValue {
+pub(crate) fn encode(timeout: Duration) -> HeaderValue {
     const MAX: u128 = 99_999_999;
     let nanos = timeout.as_nanos();
     let (value, unit) = [

@@ -62,22 +62,38 @@ pub(crate) struct RouteTable {
 
 impl RouteTable {
     /// Resolves every route; `clusters` must hold every upstream a route names.
-    /// In-process services take their own service's calls before any route,
-    /// unless a route names that service (or one of its methods) explicitly.
+    ///
+    /// In-process services take their own service's calls before any route.
+    /// A route that names a service registered in-process is an error (one of
+    /// the two would never be called); a route that names a built-in service
+    /// (health, reflection) replaces it, so an operator can send health checks
+    /// on to a backend.
     pub(crate) fn new(
         routes: &[Route],
         clusters: &HashMap<String, Arc<Cluster>>,
-        locals: &[LocalService],
+        services: &[LocalService],
+        builtins: &[LocalService],
         registry: &Registry,
     ) -> Result<Self, String> {
-        let mut ordered = Vec::with_capacity(routes.len() + locals.len());
-        let named_by_a_route = |service: &str| {
-            routes.iter().any(|r| match RouteMatch::parse(&r.matches) {
+        let mut ordered = Vec::with_capacity(routes.len() + services.len() + builtins.len());
+        let route_naming = |service: &str| {
+            routes.iter().position(|r| match RouteMatch::parse(&r.matches) {
                 Ok(RouteMatch::Service(s)) | Ok(RouteMatch::Method { service: s, .. }) => s == service,
                 _ => false,
             })
         };
-        for local in locals.iter().filter(|l| !named_by_a_route(l.name())) {
+        for local in services {
+            if let Some(i) = route_naming(local.name()) {
+                return Err(format!(
+                    "routes[{i}].match: {} is served in-process (registered with GatewayBuilder::service) and \
+                     this route sends it to upstream \"{}\"; keep one of the two",
+                    local.name(),
+                    routes[i].upstream
+                ));
+            }
+        }
+        let builtins = builtins.iter().filter(|l| route_naming(l.name()).is_none());
+        for local in services.iter().chain(builtins) {
             let target = RouteTarget {
                 upstream: Upstream::Local(local.clone()),
                 timeout: std::time::Duration::from_secs(15),

@@ -14,11 +14,11 @@ use http::{Response, StatusCode};
 use crate::body::Body;
 
 /// `grpc-status`.
-pub const GRPC_STATUS: &str = "grpc-status";
+pub(crate) const GRPC_STATUS: &str = "grpc-status";
 /// `grpc-message`.
-pub const GRPC_MESSAGE: &str = "grpc-message";
+pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
 /// `grpc-status-details-bin`.
-pub const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+pub(crate) const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
 
 /// The gRPC status codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -247,7 +247,7 @@ impl fmt::Display for Status {
 }
 
 /// Percent-encodes a `grpc-message` (everything outside printable ASCII, and `%`).
-pub fn percent_encode(message: &str) -> String {
+pub(crate) fn percent_encode(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for &b in message.as_bytes() {
         if (0x20..=0x7e).contains(&b) && b != b'%' {
@@ -260,7 +260,7 @@ pub fn percent_encode(message: &str) -> String {
 }
 
 /// Decodes a percent-encoded `grpc-message`; malformed escapes are kept as they are.
-pub fn percent_decode(raw: &[u8]) -> String {
+pub(crate) fn percent_decode(raw: &[u8]) -> String {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {

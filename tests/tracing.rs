@@ -22,12 +22,18 @@ async fn the_backend_sees_a_child_of_the_clients_span() {
     let gateway = start_gateway(&config_yaml(&[backend.addr], "", "")).await;
     let mut client = client(gateway.addr).await;
     let mut request = tonic::Request::new(echo("traced"));
-    request.metadata_mut().insert("traceparent", traceparent().parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent().parse().unwrap());
     request.metadata_mut().insert("tracestate", "vendor=x".parse().unwrap());
     let seen = client.unary(request).await.unwrap().into_inner().metadata;
     let upstream = &seen["traceparent"];
     assert!(upstream.starts_with(&format!("00-{TRACE_ID}-")), "{upstream}");
-    assert_ne!(&upstream[36..52], CLIENT_PARENT, "the gateway's span is the backend's parent");
+    assert_ne!(
+        &upstream[36..52],
+        CLIENT_PARENT,
+        "the gateway's span is the backend's parent"
+    );
     assert!(upstream.ends_with("-01"));
     assert_eq!(seen["tracestate"], "vendor=x");
     // Without a traceparent and without a collector, no trace is started.
@@ -43,7 +49,9 @@ async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>
     let sink = received.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let sink = sink.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
@@ -52,7 +60,9 @@ async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>
                         assert_eq!(request.uri().path(), "/v1/traces");
                         let body = request.into_body().collect().await.unwrap().to_bytes();
                         sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
-                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(Bytes::from_static(b"{}"))))
+                        Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                            Bytes::from_static(b"{}"),
+                        )))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -67,7 +77,12 @@ async fn collector() -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>
 fn spans(batches: &[serde_json::Value]) -> Vec<serde_json::Value> {
     batches
         .iter()
-        .flat_map(|b| b["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().cloned().unwrap_or_default())
+        .flat_map(|b| {
+            b["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
         .collect()
 }
 
@@ -77,12 +92,16 @@ async fn spans_for_the_call_and_each_attempt_are_exported() {
     let backend = Backend::start("b1").await;
     let yaml = config_yaml(&[backend.addr], "", "").replace(
         "routes:",
-        &format!("observability:\n  tracing:\n    otlp_endpoint: http://{collector}\n    service_name: edge-test\nroutes:"),
+        &format!(
+            "observability:\n  tracing:\n    otlp_endpoint: http://{collector}\n    service_name: edge-test\nroutes:"
+        ),
     );
     let gateway = start_gateway(&yaml).await;
     let mut client = client(gateway.addr).await;
     let mut request = tonic::Request::new(echo("traced"));
-    request.metadata_mut().insert("traceparent", traceparent().parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("traceparent", traceparent().parse().unwrap());
     let seen = client.unary(request).await.unwrap().into_inner().metadata;
     let backend_parent = seen["traceparent"][36..52].to_string();
     // A call without a traceparent starts a trace, since spans are exported.
@@ -104,7 +123,11 @@ async fn spans_for_the_call_and_each_attempt_are_exported() {
     assert_eq!(server["parentSpanId"], CLIENT_PARENT);
     assert_eq!(server["name"], "testing.v1.Echo/Unary");
     assert_eq!(attempt["parentSpanId"], server["spanId"]);
-    assert_eq!(attempt["spanId"], backend_parent.as_str(), "the backend's parent is the attempt span");
+    assert_eq!(
+        attempt["spanId"],
+        backend_parent.as_str(),
+        "the backend's parent is the attempt span"
+    );
     assert_eq!(
         received.lock().unwrap()[0]["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
         "edge-test"

@@ -261,6 +261,18 @@ pub struct Cors {
 }
 
 impl Cors {
+    /// A policy for these origins (`["*"]` for any), with the defaults for
+    /// everything else: no credentials, no extra headers, `max_age` 10 minutes.
+    pub fn allow_origins<S: Into<String>>(origins: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            allow_origins: origins.into_iter().map(Into::into).collect(),
+            allow_credentials: false,
+            allow_headers: Vec::new(),
+            expose_headers: Vec::new(),
+            max_age: Self::default_max_age(),
+        }
+    }
+
     fn default_max_age() -> Duration {
         Duration::from_secs(600)
     }

@@ -33,7 +33,7 @@ impl Duration {
 const DURATION_EXPECTED: &str = "a duration such as 250ms, 5s, 10m or 1h";
 
 /// Parses `250ms`, `5s`, `1.5s`, `10m`, `1h`. Zero is allowed (`0s`).
-pub fn parse_duration(text: &str) -> Option<StdDuration> {
+pub(crate) fn parse_duration(text: &str) -> Option<StdDuration> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
     let (number, unit) = text.split_at(split);
@@ -118,7 +118,7 @@ impl ByteSize {
 const SIZE_EXPECTED: &str = "a size such as 65536, 512KiB, 4MiB or 1GiB";
 
 /// Parses `65536`, `512KiB`, `4MiB`, `1GiB`, `100B`.
-pub fn parse_size(text: &str) -> Option<u64> {
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);

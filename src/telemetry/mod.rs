@@ -58,7 +58,12 @@ impl Telemetry {
             access_log: observability.access_log.clone(),
             tracing: observability.tracing.clone(),
             exporter: (!observability.tracing.otlp_endpoint.is_empty())
-                .then(|| otlp::Exporter::start(&observability.tracing.otlp_endpoint, &observability.tracing.service_name))
+                .then(|| {
+                    otlp::Exporter::start(
+                        &observability.tracing.otlp_endpoint,
+                        &observability.tracing.service_name,
+                    )
+                })
                 .flatten(),
         })
     }
@@ -182,7 +187,9 @@ impl AttemptSpan {
                 ("server.address", serde_json::Value::String(endpoint.to_string())),
                 ("rpc.grpc.status_code", serde_json::Value::from(code.as_i32())),
             ],
-            error: status.filter(|s| s.code != crate::status::Code::Ok).map(ToString::to_string),
+            error: status
+                .filter(|s| s.code != crate::status::Code::Ok)
+                .map(ToString::to_string),
         });
     }
 }
@@ -203,7 +210,14 @@ pub(crate) fn begin_forward(
         http_path: parts.uri.path(),
         streaming,
     };
-    let record = begin(gateway, info, &mut parts.headers, &mut parts.extensions, &mut body, conn);
+    let record = begin(
+        gateway,
+        info,
+        &mut parts.headers,
+        &mut parts.extensions,
+        &mut body,
+        conn,
+    );
     (http::Request::from_parts(parts, body), record)
 }
 

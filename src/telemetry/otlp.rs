@@ -83,7 +83,11 @@ impl Target {
         let rest = endpoint.strip_prefix("http://")?;
         let (authority, base) = rest.split_once('/').unwrap_or((rest, ""));
         let base = base.trim_end_matches('/');
-        let path = if base.is_empty() { "/v1/traces".to_string() } else { format!("/{base}/v1/traces") };
+        let path = if base.is_empty() {
+            "/v1/traces".to_string()
+        } else {
+            format!("/{base}/v1/traces")
+        };
         Some(Self {
             authority: authority.to_string(),
             path,
@@ -115,10 +119,13 @@ async fn send_batches(mut spans: mpsc::Receiver<Span>, target: Target, service_n
 }
 
 async fn post(target: &Target, body: Vec<u8>) -> Result<(), String> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&target.authority))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(&target.authority),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
         .await
         .map_err(|e| e.to_string())?;
@@ -205,7 +212,10 @@ mod tests {
             kind: SpanKind::Server,
             start: now,
             end: now + Duration::from_millis(5),
-            attributes: vec![("rpc.grpc.status_code", json!(5)), ("rpc.service", json!("demo.v1.OrderService"))],
+            attributes: vec![
+                ("rpc.grpc.status_code", json!(5)),
+                ("rpc.service", json!("demo.v1.OrderService")),
+            ],
             error: Some("NOT_FOUND: no order".into()),
         };
         let encoded: Value = serde_json::from_slice(&encode(&[span], "edge")).unwrap();

@@ -218,8 +218,14 @@ impl State {
                 ("rpc.grpc.status_code", serde_json::Value::from(code.as_i32())),
                 ("grpc_edge.protocol", value(self.protocol.as_str())),
                 ("http.request.method", value(self.http_method.as_str())),
-                ("http.response.status_code", serde_json::Value::from(self.http_status.load(Ordering::Relaxed))),
-                ("client.address", value(&self.client.map(|c| c.ip().to_string()).unwrap_or_default())),
+                (
+                    "http.response.status_code",
+                    serde_json::Value::from(self.http_status.load(Ordering::Relaxed)),
+                ),
+                (
+                    "client.address",
+                    value(&self.client.map(|c| c.ip().to_string()).unwrap_or_default()),
+                ),
             ],
             error: (code != Code::Ok).then(|| format!("{code}: {message}")),
         });
