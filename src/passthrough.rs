@@ -10,6 +10,7 @@ use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::descriptors::CallKind;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::routing::RouteTarget;
@@ -62,6 +63,9 @@ pub(crate) fn call_options(
         deadline: deadline(received, client_timeout, (!streaming).then_some(target.timeout)),
         idle_timeout: streaming.then_some(target.stream_idle_timeout),
         streaming,
+        read_ahead: target
+            .kind
+            .is_some_and(|kind| matches!(kind, CallKind::Unary | CallKind::ServerStreaming)),
     })
 }
 

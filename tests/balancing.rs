@@ -46,11 +46,16 @@ async fn spread(gateway: &GatewayHandle, total: usize, concurrency: usize) -> Ha
 }
 
 fn assert_even(counts: &HashMap<String, usize>, total: usize) {
+    assert_within(counts, total, 0.08, "sequential");
+}
+
+/// Each backend's share is within `tolerance` of a third.
+fn assert_within(counts: &HashMap<String, usize>, total: usize, tolerance: f64, balancer: &str) {
     for name in ["a", "b", "c"] {
         let share = *counts.get(name).unwrap_or(&0) as f64 / total as f64;
         assert!(
-            (share - 1.0 / 3.0).abs() <= 0.08,
-            "{name} got {share:.3} of calls: {counts:?}"
+            (share - 1.0 / 3.0).abs() <= tolerance,
+            "{balancer}: {name} got {share:.3} of calls: {counts:?}"
         );
     }
 }
@@ -61,7 +66,10 @@ async fn one_connection_spreads_across_all_backends_with_every_balancer() {
         let (_backends, gateway) = three_backends(balancer).await;
         let counts = spread(&gateway, 3000, 16).await;
         println!("{balancer}: {counts:?}");
-        assert_even(&counts, 3000);
+        // peak_ewma follows measured latency, which scheduling noise on a
+        // busy 2-core machine skews; it must still spread, not split evenly.
+        let tolerance = if balancer == "peak_ewma" { 0.15 } else { 0.08 };
+        assert_within(&counts, 3000, tolerance, balancer);
     }
 }
 

@@ -1,5 +1,6 @@
-//! One call on an upstream HTTP/2 stream: the request pump (client → backend,
-//! with back-pressure and a bounded replay copy for transparent retries) and
+//! One call on an upstream HTTP/2 stream: reading a one-message request ahead
+//! so it can be resent, the request pump (client → backend, with
+//! back-pressure and a bounded replay copy for transparent retries) and
 //! the response body (backend → client) that enforces the deadline and the
 //! stream idle timeout, turns stream failures into gRPC status trailers, and
 //! reports the call's outcome when it ends.
@@ -119,6 +120,7 @@ impl Drop for CallGuard {
 pub(crate) struct Replay {
     first: Option<Bytes>,
     rest: Vec<Bytes>,
+    trailers: Option<HeaderMap>,
     size: usize,
     limit: usize,
     complete: bool,
@@ -130,6 +132,7 @@ impl Replay {
         Self {
             first: None,
             rest: Vec::new(),
+            trailers: None,
             size: 0,
             limit,
             complete: false,
@@ -159,12 +162,87 @@ impl Replay {
             return None;
         }
         let chunks = self.first.iter().chain(&self.rest).cloned().collect();
-        Some(Body::from_chunks(chunks, None))
+        Some(Body::from_chunks(chunks, self.trailers.clone()))
     }
 
     /// Whether a fresh body could be made (without making it).
     pub(crate) fn is_available(&self) -> bool {
         self.complete && !self.overflowed
+    }
+}
+
+/// A request body read ahead of the call.
+pub(crate) enum ReadAhead {
+    /// All of it, kept for as many attempts as the call makes.
+    Whole(Replay),
+    /// More than the replay limit: what was read, then the rest still arriving.
+    TooLarge(Body),
+}
+
+/// Reads a one-message request (unary or server-streaming) to its end before
+/// the first attempt, so a retry can resend it and a stream refused by a
+/// GOAWAY can go to another endpoint. The client sends such a request at
+/// once, so this waits no longer than the first attempt would have.
+///
+/// Past `limit` bytes it stops and hands back a body that replays what was
+/// read followed by the rest: that call is sent once, without retries.
+/// Fails when a timer expires first (the client never finished its request)
+/// or the client's body fails.
+pub(crate) async fn read_ahead(mut body: Body, limit: usize, timers: &mut Timers) -> Result<ReadAhead, Status> {
+    use http_body_util::BodyExt as _;
+    let mut replay = Replay::new(limit);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = body.frame() => frame,
+            (status, _) = std::future::poll_fn(|cx| timers.poll_expired(cx)) => return Err(status),
+        };
+        match frame {
+            None => break,
+            Some(Err(error)) => {
+                return Err(Status::new(
+                    Code::Cancelled,
+                    format!("the client's request failed before it was sent: {error}"),
+                ));
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if replay.size + data.len() > limit => {
+                    let mut read: std::collections::VecDeque<Bytes> =
+                        replay.first.take().into_iter().chain(replay.rest).collect();
+                    read.push_back(data);
+                    return Ok(ReadAhead::TooLarge(Body::new(Prefixed { read, rest: body })));
+                }
+                Ok(data) => replay.record(&data),
+                Err(frame) => {
+                    replay.trailers = frame.into_trailers().ok();
+                    break;
+                }
+            },
+        }
+    }
+    replay.complete = true;
+    Ok(ReadAhead::Whole(replay))
+}
+
+/// Data already read from a body, then the rest of that body.
+struct Prefixed {
+    read: std::collections::VecDeque<Bytes>,
+    rest: Body,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.read.pop_front() {
+            Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.read.is_empty() && self.rest.is_end_stream()
     }
 }
 
@@ -348,39 +426,38 @@ impl Timers {
         deadline.min(idle)
     }
 
-    /// `Ready(status)` when a timer truly expired; re-arms itself after activity.
-    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Status> {
+    /// `Ready` when a timer truly expired, with the status for the client and
+    /// what the expiry says about the endpoint; re-arms itself after activity.
+    ///
+    /// Only the route's own deadline counts against the endpoint: the client
+    /// chose its `grpc-timeout`, and a stream that stays quiet past the idle
+    /// timeout is usually an idle client or subscription, not a slow backend.
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<(Status, Outcome)> {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             let now = Instant::now();
             if let Some(deadline) = self.deadline
                 && now >= deadline.at
             {
-                let why = if deadline.from_client {
-                    "deadline exceeded (the client's grpc-timeout)"
+                let (why, outcome) = if deadline.from_client {
+                    ("deadline exceeded (the client's grpc-timeout)", Outcome::Neutral)
                 } else {
-                    "deadline exceeded (the route's timeout)"
+                    ("deadline exceeded (the route's timeout)", Outcome::Failure)
                 };
-                return Poll::Ready(Status::new(Code::DeadlineExceeded, why));
+                return Poll::Ready((Status::new(Code::DeadlineExceeded, why), outcome));
             }
             if let Some((limit, activity)) = &self.idle
                 && now >= activity.last() + *limit
             {
-                return Poll::Ready(Status::new(
+                let status = Status::new(
                     Code::DeadlineExceeded,
                     format!("stream idle for {limit:?} (the route's stream_idle_timeout)"),
-                ));
+                );
+                return Poll::Ready((status, Outcome::Neutral));
             }
             let far = now + Duration::from_secs(86_400 * 365);
             let next = self.next_expiry(far);
             self.sleep.as_mut().reset(next);
-        }
-    }
-
-    pub(crate) fn deadline_outcome(&self) -> Outcome {
-        match self.deadline {
-            Some(d) if d.from_client => Outcome::Neutral,
-            _ => Outcome::Failure,
         }
     }
 }
@@ -452,8 +529,7 @@ impl UpstreamBody {
         if matches!(self.state, State::Done) {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(status) = self.timers.poll_expired(cx) {
-            let outcome = self.timers.deadline_outcome();
+        if let Poll::Ready((status, outcome)) = self.timers.poll_expired(cx) {
             return self.fail(status, outcome);
         }
         if matches!(self.state, State::Data) {

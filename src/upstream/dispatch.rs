@@ -15,7 +15,9 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::time::Instant;
 
-use super::call::{Activity, CallGuard, Outcome, Replay, RequestPump, Timers, status_for_stream_error};
+use super::call::{
+    Activity, CallGuard, Outcome, ReadAhead, Replay, RequestPump, Timers, read_ahead, status_for_stream_error,
+};
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
 use super::pool::PoolError;
@@ -38,8 +40,6 @@ impl Cluster {
         };
         self.first_resolution().await;
         let (parts, body) = request.into_parts();
-        let mut body = Some(body);
-        let mut replay: Option<Replay> = None;
         // Endpoints this call already tried, by address (compared, never dereferenced).
         let mut tried: Vec<usize> = Vec::new();
         let mut last_failure = None;
@@ -51,6 +51,17 @@ impl Cluster {
             options.idle_timeout.map(|limit| (limit, Activity::new(self.clock))),
         );
         let pool_deadline = options.deadline.map(|d| d.at);
+        let mut body = Some(body);
+        let mut replay: Option<Replay> = None;
+        if options.read_ahead
+            && let Some(whole) = body.take()
+        {
+            match read_ahead(whole, self.max_replay_buffer, &mut timers).await {
+                Ok(ReadAhead::Whole(kept)) => replay = Some(kept),
+                Ok(ReadAhead::TooLarge(partly_read)) => body = Some(partly_read),
+                Err(status) => return status.to_grpc_response(),
+            }
+        }
         let tracer = parts.extensions.get::<AttemptTracer>();
         let mut admitted = Some(admitted);
 
@@ -77,7 +88,8 @@ impl Cluster {
                 }
             };
             let mut guard = CallGuard::new(endpoint, slot, probe, client_deadline);
-            let Some(request_body) = body.take().or_else(|| replay.as_ref().and_then(Replay::body)) else {
+            // A kept request is resent whole; otherwise the body is sent once.
+            let Some(request_body) = replay.as_ref().and_then(Replay::body).or_else(|| body.take()) else {
                 break;
             };
             let end_of_stream = request_body.is_end_stream();
@@ -99,7 +111,9 @@ impl Cluster {
                     );
                     end_span(span, &guard.endpoint().target, Some(&status));
                     last_failure = Some(status);
-                    body = Some(request_body);
+                    if replay.is_none() {
+                        body = Some(request_body);
+                    }
                     continue;
                 }
             };
@@ -108,14 +122,20 @@ impl Cluster {
                 drop(send);
             } else {
                 let activity = timers.idle.as_ref().map(|(_, a)| a.clone());
-                let mut pump =
-                    RequestPump::new(request_body, send, Some(Replay::new(self.max_replay_buffer)), activity);
-                // Most unary requests are complete already: send them inline and
-                // keep them for a retry; only a body still arriving gets a task.
+                // A request not kept yet is recorded as it goes, in case it ends
+                // before the first poll does and can still be resent.
+                let record = replay.is_none().then(|| Replay::new(self.max_replay_buffer));
+                let recording = record.is_some();
+                let mut pump = RequestPump::new(request_body, send, record, activity);
+                // Send inline what is there; only a body still arriving (or
+                // waiting for flow-control window) gets a task of its own.
                 match std::future::poll_fn(|cx| std::task::Poll::Ready(pump.poll_pump(cx))).await {
-                    std::task::Poll::Ready(_) => replay = pump.replay.take(),
+                    std::task::Poll::Ready(_) if recording => replay = pump.replay.take(),
+                    std::task::Poll::Ready(_) => {}
                     std::task::Poll::Pending => {
-                        replay = None;
+                        if recording {
+                            replay = None;
+                        }
                         tokio::spawn(pump.run());
                     }
                 }
@@ -152,12 +172,14 @@ impl Cluster {
                             && let Some(token) = self.retries.take_budget(active)
                         {
                             guard.finish_with(status.code);
-                            tried.push(Arc::as_ptr(guard.endpoint()) as usize);
+                            self.avoid_next_time(&mut tried, guard.endpoint());
                             drop(guard);
                             drop(response);
                             _retry_token = Some(token);
                             retries_made += 1;
                             tracing::debug!(upstream = %self.name, code = %status.code, ?wait, "retrying");
+                            // If no endpoint is left for the retry, the client gets this answer.
+                            last_failure = Some(status);
                             tokio::time::sleep(wait).await;
                             continue;
                         }
@@ -176,7 +198,7 @@ impl Cluster {
                     if unprocessed && replay.as_ref().is_some_and(Replay::is_available) {
                         // The backend never processed it: safe to send elsewhere.
                         guard.finish(Outcome::Neutral);
-                        tried.push(Arc::as_ptr(guard.endpoint()) as usize);
+                        self.avoid_next_time(&mut tried, guard.endpoint());
                         last_failure = Some(status);
                         continue;
                     }
@@ -184,9 +206,9 @@ impl Cluster {
                     guard.set_code(status.code);
                     return status.to_grpc_response();
                 }
-                Err(status) => {
+                Err((status, outcome)) => {
                     end_span(span, &guard.endpoint().target, Some(&status));
-                    guard.finish(timers.deadline_outcome());
+                    guard.finish(outcome);
                     guard.set_code(status.code);
                     return status.to_grpc_response();
                 }
@@ -200,6 +222,22 @@ impl Cluster {
                 )
             })
             .to_grpc_response()
+    }
+
+    /// Keeps the next attempt off `endpoint` when another endpoint in service
+    /// is left to try; with none left, the same endpoint is tried again (on a
+    /// fresh stream, or a fresh connection after a GOAWAY), as Envoy does
+    /// without a retry host predicate.
+    fn avoid_next_time(&self, tried: &mut Vec<usize>, endpoint: &Arc<Endpoint>) {
+        let current = Arc::as_ptr(endpoint) as usize;
+        let now = self.clock.now_nanos();
+        let another_left = self.endpoints.load().iter().any(|e| {
+            let address = Arc::as_ptr(e) as usize;
+            address != current && !tried.contains(&address) && e.in_service(now)
+        });
+        if another_left {
+            tried.push(current);
+        }
     }
 
     /// The endpoint for the next attempt, and whether the call is its probe.

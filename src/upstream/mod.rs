@@ -52,6 +52,9 @@ pub(crate) struct CallOptions {
     pub(crate) idle_timeout: Option<Duration>,
     /// Counted under `max_streams` rather than `max_requests`.
     pub(crate) streaming: bool,
+    /// The request is one message (unary or server-streaming, known from the
+    /// descriptors): read it whole before sending, so it can be resent.
+    pub(crate) read_ahead: bool,
 }
 
 /// DNS discovery state of a cluster.

@@ -232,7 +232,8 @@ impl OutlierDetector {
             let threshold = self.settings.failure_percentage;
             if threshold > 0
                 && calls >= self.settings.min_requests.max(1)
-                && u64::from(failures) * 100 > u64::from(threshold) * u64::from(calls)
+                // At or above the threshold, as Envoy's `failure_percentage_threshold`.
+                && u64::from(failures) * 100 >= u64::from(threshold) * u64::from(calls)
             {
                 let percent = u64::from(failures) * 100 / u64::from(calls);
                 self.eject(
@@ -398,6 +399,21 @@ mod tests {
         }
         d.evaluate(std::iter::once(&s), SEC);
         assert!(matches!(s.standing(SEC), Standing::Ejected { .. }), "{:?}", s.reason());
+    }
+
+    #[test]
+    fn failing_exactly_the_threshold_ejects() {
+        let d = detector(3);
+        let s = OutlierState::default();
+        for _ in 0..50 {
+            d.record(&s, Outcome::Failure, false, SEC);
+            d.record(&s, Outcome::Success, false, SEC);
+        }
+        d.evaluate(std::iter::once(&s), SEC);
+        assert!(
+            matches!(s.standing(SEC), Standing::Ejected { .. }),
+            "50% of calls failed"
+        );
     }
 
     #[test]

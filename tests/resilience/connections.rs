@@ -9,7 +9,6 @@ use crate::support::{EchoRequest, config_yaml, echo};
 use crate::{edge, fast_outlier, three, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: fails in about 1 run in 10 with UNAVAILABLE \"reset the stream: not a result of an error\": a call that races the GOAWAY is refused unprocessed but cannot be resent (see a_stream_refused_by_goaway_is_sent_to_another_endpoint)"]
 async fn a_graceful_backend_shutdown_under_load_costs_no_call() {
     let [a, b, c] = three(["a", "b", "c"]).await;
     // While c is down its refused connects count as failures and may eject
@@ -106,7 +105,6 @@ async fn a_small_max_concurrent_streams_opens_at_most_four_connections() {
 /// test above sees this only now and then, when a call races the backend's
 /// GOAWAY; this backend refuses every stream that way.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dispatch.rs retries a stream refused by GOAWAY (unprocessed) only if the request is still in the replay buffer, which it rarely is (see the retry.on bug), so the client gets UNAVAILABLE \"reset the stream: not a result of an error\"; the GOAWAY test above fails in about 1 run in 10 for the same reason"]
 async fn a_stream_refused_by_goaway_is_sent_to_another_endpoint() {
     let refusing = RefusingBackend::start().await;
     let good = FaultBackend::start("good").await;

@@ -153,7 +153,6 @@ async fn a_long_stream_completes_and_an_idle_one_ends_at_the_idle_timeout() {
 /// route's `stream_idle_timeout`; that is the gateway's policy, not a fault
 /// of the backend, and must not eject it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: call.rs `Timers::deadline_outcome` returns Outcome::Failure when a stream's idle timeout fires (streams have no deadline), so quiet streams count as backend failures and five eject a healthy backend"]
 async fn idle_stream_timeouts_do_not_count_against_the_backend() {
     let backend = FaultBackend::start("a").await;
     let edge = edge(

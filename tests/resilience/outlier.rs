@@ -118,7 +118,6 @@ async fn a_backend_failing_most_calls_is_ejected_by_failure_percentage_within_on
 /// The case 2 exactly: one of three backends fails 50% of its
 /// calls, `failure_percentage` keeps its default of 50.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: outlier.rs `evaluate` ejects only when failures × 100 > failure_percentage × calls, so a backend failing exactly 50% is never ejected by the default failure_percentage: 50"]
 async fn a_backend_failing_half_its_calls_is_ejected_by_failure_percentage() {
     let [a, b, c] = three(["a", "b", "c"]).await;
     // Every second call of c fails (no runs: the consecutive rule cannot fire).

@@ -96,7 +96,6 @@ async fn retries_stay_within_the_budget_and_go_to_other_endpoints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dispatch.rs keeps a request for replay only if one non-blocking poll of the pump completes it; the client's DATA frame has rarely arrived by then (0 of 2,000 tonic calls were replayable), so retry.on almost never retries"]
 async fn retry_pushback_is_honoured_and_minus_one_stops_retries() {
     let [a, b, c] = three(["a", "b", "c"]).await;
     for backend in [&a, &b, &c] {
@@ -148,7 +147,6 @@ async fn retry_pushback_is_honoured_and_minus_one_stops_retries() {
 /// With fewer endpoints than `max_attempts`, the last answer should reach
 /// the client: a retry needs an endpoint to go to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dispatch.rs decides to retry (and sleeps the backoff or pushback) before knowing an untried endpoint exists; with none left pick() returns None and the client gets \"no endpoint available\" instead of the backend's status. Passes today only because the replay bug stops every retry"]
 async fn a_retry_with_no_other_endpoint_left_returns_the_backends_answer() {
     // One endpoint: any retry has nowhere new to go.
     let a = FaultBackend::start("a").await;
