@@ -1,4 +1,4 @@
-//! Side-by-side proxy benchmark: `direct`, `grpc-edge`, `haproxy`, `nginx`.
+//! Side-by-side proxy benchmark: `direct`, `grpc-edge`, `grpc-edge-quiet`, `haproxy`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]
@@ -16,7 +16,11 @@
 //!
 //! - `direct`: ONE backend, no proxy: the floor for latency, the ceiling for calls/s;
 //! - `grpc-edge`: the real `grpc-edge serve` binary (a separate process, default
-//!   `peak_ewma` balancer) in front of the three backends;
+//!   `peak_ewma` balancer) in front of the three backends, with its default
+//!   telemetry: per-method metrics and one access log line per call (text,
+//!   written to a file);
+//! - `grpc-edge-quiet`: the same with `observability.metrics` and
+//!   `access_log` off, so the ratio of the two is what telemetry costs;
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
 //!   when they are installed; skipped otherwise.
 //!
@@ -89,7 +93,7 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-quiet, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
     // Before anything else: count the cores (pinning shrinks what the
@@ -265,7 +269,7 @@ fn parse_targets(value: &str) -> Result<Vec<Target>, String> {
             Target::ALL
                 .into_iter()
                 .find(|t| t.name() == name)
-                .ok_or_else(|| format!("unknown target {name:?} (direct, grpc-edge, haproxy, nginx)"))
+                .ok_or_else(|| format!("unknown target {name:?} (direct, grpc-edge, grpc-edge-quiet, haproxy, nginx)"))
         })
         .collect()
 }
@@ -277,17 +281,26 @@ fn parse_targets(value: &str) -> Result<Vec<Target>, String> {
 enum Target {
     Direct,
     GrpcEdge,
+    /// grpc-edge with per-call metrics and access logs off.
+    GrpcEdgeQuiet,
     Haproxy,
     Nginx,
 }
 
 impl Target {
-    const ALL: [Target; 4] = [Target::Direct, Target::GrpcEdge, Target::Haproxy, Target::Nginx];
+    const ALL: [Target; 5] = [
+        Target::Direct,
+        Target::GrpcEdge,
+        Target::GrpcEdgeQuiet,
+        Target::Haproxy,
+        Target::Nginx,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct",
             Target::GrpcEdge => "grpc-edge",
+            Target::GrpcEdgeQuiet => "grpc-edge-quiet",
             Target::Haproxy => "haproxy",
             Target::Nginx => "nginx",
         }
@@ -546,8 +559,9 @@ fn proxy_command(
     let program = |t: Target| setup.programs.get(&t).cloned().ok_or("not installed");
     match target {
         Target::Direct => Err("direct has no proxy".into()),
-        Target::GrpcEdge => {
-            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends))?;
+        Target::GrpcEdge | Target::GrpcEdgeQuiet => {
+            let telemetry = target == Target::GrpcEdge;
+            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, telemetry))?;
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
         }
@@ -566,13 +580,20 @@ fn proxy_command(
     }
 }
 
-fn grpc_edge_yaml(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// The gateway's config: defaults (metrics and an access log line per
+/// call on), or with `telemetry` false, both off.
+fn grpc_edge_yaml(listen: SocketAddr, backends: &[SocketAddr], telemetry: bool) -> String {
     let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
+    let observability = if telemetry {
+        ""
+    } else {
+        "observability:\n  metrics: false\n  access_log:\n    enabled: false\n"
+    };
     format!(
         "listen: {listen}\n\
          descriptors:\n  - {}\n\
          upstreams:\n  orders:\n    endpoints: [{}]\n\
-         routes:\n  - match: demo.v1.OrderService\n    upstream: orders\n",
+         routes:\n  - match: demo.v1.OrderService\n    upstream: orders\n{observability}",
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("descriptors/demo.binpb")
             .display(),
@@ -1349,6 +1370,10 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
     println!(
         "grpc-edge CPU/call ÷ nginx CPU/call:   {}",
         ratio(edge_cpu, get(Target::Nginx, |s| s.cpu_us_per_call))
+    );
+    println!(
+        "grpc-edge CPU/call ÷ grpc-edge-quiet CPU/call (metrics + access log cost): {}",
+        ratio(edge_cpu, get(Target::GrpcEdgeQuiet, |s| s.cpu_us_per_call))
     );
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// `grpc-timeout`.
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// Why a `grpc-timeout` value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -3,8 +3,9 @@
 //!
 //! Lines are written by a background thread from a shared buffer, flushed
 //! every few milliseconds, so a busy gateway writing an access-log line per
-//! call does not pay a system call per line on its worker threads. Colours
-//! are used only when stderr is a terminal.
+//! call does not pay a system call per line on its worker threads. Access
+//! log lines skip the generic event formatter: they are formatted directly,
+//! in the same shape. Colours are used only when stderr is a terminal.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex};
@@ -57,16 +58,30 @@ impl Write for Line {
 
 impl Drop for Line {
     fn drop(&mut self) {
-        let Ok(mut buffer) = self.shared.buffer.lock() else {
+        self.shared.append(&self.bytes);
+    }
+}
+
+impl Shared {
+    /// Adds a whole line to the buffer, waiting while it is over its limit.
+    fn append(&self, line: &[u8]) {
+        let Ok(mut buffer) = self.buffer.lock() else {
             return;
         };
         while buffer.len() > MAX_BUFFERED {
-            buffer = match self.shared.drained.wait_timeout(buffer, FLUSH_EVERY) {
+            buffer = match self.drained.wait_timeout(buffer, FLUSH_EVERY) {
                 Ok((guard, _)) => guard,
                 Err(_) => return,
             };
         }
-        buffer.extend_from_slice(&self.bytes);
+        buffer.extend_from_slice(line);
+    }
+}
+
+/// The access log's direct writer (see `telemetry::access_log`).
+fn append_access_line(line: &[u8]) {
+    if let Some(shared) = SHARED.get() {
+        shared.append(line);
     }
 }
 
@@ -114,6 +129,11 @@ pub fn init(format: LogFormat) {
             }
         })
         .ok();
+    let line_format = match format {
+        LogFormat::Text => crate::telemetry::access_log::LineFormat::Text,
+        LogFormat::Json => crate::telemetry::access_log::LineFormat::Json,
+    };
+    crate::telemetry::access_log::write_directly(line_format, append_access_line);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -57,13 +57,27 @@ enum Command {
     },
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     grpc_edge::logging::init(match cli.log_format {
         LogFormat::Text => grpc_edge::logging::LogFormat::Text,
         LogFormat::Json => grpc_edge::logging::LogFormat::Json,
     });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // On one CPU (a container limited to one core) the single-threaded
+    // scheduler runs woken tasks in order: a connection's writer runs after
+    // the calls that queued frames on it, so their frames leave in one write
+    // instead of one write each (the multi-threaded scheduler's LIFO slot
+    // runs the writer right after every call).
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

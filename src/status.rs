@@ -14,11 +14,11 @@ use http::{Response, StatusCode};
 use crate::body::Body;
 
 /// `grpc-status`.
-pub(crate) const GRPC_STATUS: &str = "grpc-status";
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 /// `grpc-message`.
-pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
+pub(crate) const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 /// `grpc-status-details-bin`.
-pub(crate) const GRPC_STATUS_DETAILS: &str = "grpc-status-details-bin";
+pub(crate) const GRPC_STATUS_DETAILS: http::HeaderName = http::HeaderName::from_static("grpc-status-details-bin");
 
 /// The gRPC status codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -84,6 +84,12 @@ impl Code {
             }
             _ => Code::Unknown,
         }
+    }
+
+    /// The code in `grpc-status`, if the headers carry one. Cheaper than
+    /// [`Status::from_headers`] when the message does not matter (an OK call).
+    pub(crate) fn in_headers(headers: &HeaderMap) -> Option<Code> {
+        headers.get(GRPC_STATUS).map(Code::from_header)
     }
 
     /// The code as a number.

@@ -54,19 +54,32 @@ pub struct Config {
     pub upstreams: BTreeMap<String, Upstream>,
     /// Routes from gRPC services to upstreams; the first match wins.
     pub routes: Vec<Route>,
-    /// Access logs and tracing (metrics need no configuration: see `admin`).
+    /// Metrics, access logs and tracing (all on by default, except span export).
     #[serde(default)]
     pub observability: Observability,
 }
 
-/// Access logs and distributed tracing.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+/// Per-call metrics, access logs and distributed tracing.
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Observability {
+    /// Count calls per method in `/metrics` (upstream, certificate and
+    /// process metrics are read at scrape time and cost nothing per call).
+    pub metrics: bool,
     /// One structured line per call.
     pub access_log: AccessLog,
     /// W3C trace context and OTLP export.
     pub tracing: Tracing,
+}
+
+impl Default for Observability {
+    fn default() -> Self {
+        Self {
+            metrics: true,
+            access_log: AccessLog::default(),
+            tracing: Tracing::default(),
+        }
+    }
 }
 
 /// Access log settings.

@@ -41,7 +41,7 @@ const TEXT_SUFFIX: &[u8] = b"-text";
 /// The native gRPC content type prefix.
 const GRPC: &[u8] = b"application/grpc";
 /// The header gRPC-Web clients send to say what they are; not metadata.
-const X_GRPC_WEB: &str = "x-grpc-web";
+const X_GRPC_WEB: http::HeaderName = http::HeaderName::from_static("x-grpc-web");
 
 /// How a body is written on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,8 +196,8 @@ pub(crate) async fn handle(gateway: &Gateway, request: Request<Body>, conn: &Con
     let headers = &mut parts.headers;
     headers.insert(CONTENT_TYPE, upstream_content_type);
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    for name in [X_GRPC_WEB, ACCEPT.as_str(), CONTENT_LENGTH.as_str(), EXPECT.as_str()] {
-        headers.remove(name);
+    for name in [X_GRPC_WEB, ACCEPT, CONTENT_LENGTH, EXPECT] {
+        headers.remove(&name);
     }
     add_forwarded(headers, conn.forwarded_for.as_ref(), conn.scheme);
 

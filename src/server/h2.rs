@@ -57,7 +57,9 @@ pub(crate) async fn serve<IO>(
         tokio::select! {
             next = connection.accept() => match next {
                 Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_stream(gateway.clone(), info.clone(), request, respond));
+                    // Boxed: the task then holds a pointer, and the call's large
+                    // state machine is not copied again as the task starts and ends.
+                    tokio::spawn(Box::pin(serve_stream(gateway.clone(), info.clone(), request, respond)));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 connection error");

@@ -2,6 +2,7 @@
 //! upstream, certificate and process metrics read at scrape time, one access
 //! log line per call, and W3C trace-context propagation.
 //!
+//! - `access_log`: the access log line, written directly by the binary.
 //! - `metrics`: the call metric families and per-method handles.
 //! - `record`: one call's measurement, and the body observer feeding it.
 //! - `collector`: metrics computed at scrape time (upstreams, process).
@@ -10,6 +11,7 @@
 //! Nothing here is needed to serve a call; with access logs off, a call
 //! costs a handful of atomic additions.
 
+pub(crate) mod access_log;
 pub(crate) mod collector;
 pub(crate) mod metrics;
 pub(crate) mod otlp;
@@ -32,6 +34,8 @@ pub(crate) struct Telemetry {
     /// Calls started and not yet finished, across every front end.
     pub(crate) in_flight: std::sync::atomic::AtomicUsize,
     pub(crate) calls: metrics::CallMetrics,
+    /// Whether per-method call metrics are counted.
+    pub(crate) metrics: bool,
     pub(crate) access_log: AccessLog,
     pub(crate) tracing: crate::config::Tracing,
     /// Span export, when a collector is configured.
@@ -55,6 +59,7 @@ impl Telemetry {
             registry: Mutex::new(registry),
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             calls,
+            metrics: observability.metrics,
             access_log: observability.access_log.clone(),
             tracing: observability.tracing.clone(),
             exporter: (!observability.tracing.otlp_endpoint.is_empty())

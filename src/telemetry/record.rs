@@ -69,7 +69,9 @@ pub(crate) struct CallStart<'a> {
 impl CallRecord {
     pub(crate) fn start(telemetry: &Arc<Telemetry>, start: CallStart<'_>) -> Self {
         let handles = telemetry.calls.for_path(start.protocol, start.grpc_path);
-        handles.started.inc();
+        if telemetry.metrics {
+            handles.started.inc();
+        }
         telemetry.in_flight.fetch_add(1, Ordering::Relaxed);
         let logging = telemetry.access_log.enabled;
         Self {
@@ -130,10 +132,14 @@ impl CallRecord {
         }
         if inbound {
             self.state.messages_in.fetch_add(n, Ordering::Relaxed);
-            self.state.handles.received.inc_by(u64::from(n));
+            if self.state.telemetry.metrics {
+                self.state.handles.received.inc_by(u64::from(n));
+            }
         } else {
             self.state.messages_out.fetch_add(n, Ordering::Relaxed);
-            self.state.handles.sent.inc_by(u64::from(n));
+            if self.state.telemetry.metrics {
+                self.state.handles.sent.inc_by(u64::from(n));
+            }
         }
     }
 
@@ -144,13 +150,15 @@ impl CallRecord {
 
     /// Finishes with the status of a trailers-only response, if it is one.
     pub(crate) fn finish_if_status_in(&self, headers: &HeaderMap) -> bool {
-        match Status::from_headers(headers) {
-            Some(status) => {
-                self.finish(&status);
-                true
-            }
-            None => false,
+        match Code::in_headers(headers) {
+            Some(Code::Ok) => self.state.finish(Code::Ok, ""),
+            Some(_) => match Status::from_headers(headers) {
+                Some(status) => self.finish(&status),
+                None => return false,
+            },
+            None => return false,
         }
+        true
     }
 }
 
@@ -161,35 +169,35 @@ impl State {
         }
         self.telemetry.in_flight.fetch_sub(1, Ordering::Relaxed);
         let elapsed = self.started.elapsed();
-        self.handles.finish(code, elapsed);
+        if self.telemetry.metrics {
+            self.handles.finish(code, elapsed);
+        }
         self.export_span(code, message);
         let log = &self.telemetry.access_log;
         if !log.enabled || (code == Code::Ok && log.sample_successes < 1.0 && fastrand::f64() >= log.sample_successes) {
             return;
         }
         let served = self.served.lock().ok().and_then(|s| s.clone());
-        tracing::info!(
-            target: "grpc_edge::access",
-            protocol = self.protocol.as_str(),
-            http_method = %self.http_method,
-            path = %self.path,
-            grpc_service = %self.handles.service,
-            grpc_method = %self.handles.method,
-            upstream = served.as_ref().map_or("-", |s| &*s.endpoint),
-            grpc_code = code.as_str(),
-            grpc_message = message,
-            http_status = self.http_status.load(Ordering::Relaxed),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            bytes_in = self.bytes_in.load(Ordering::Relaxed),
-            bytes_out = self.bytes_out.load(Ordering::Relaxed),
-            messages_in = self.messages_in.load(Ordering::Relaxed),
-            messages_out = self.messages_out.load(Ordering::Relaxed),
-            client = self.client.map(|c| c.ip().to_string()).unwrap_or_default(),
-            retries = served.as_ref().map_or(0, |s| s.retries),
-            peer = self.peer.as_deref().unwrap_or(""),
-            trace_id = self.trace.map(|t| t.trace_id_hex()).unwrap_or_default(),
-            "call"
-        );
+        super::access_log::emit(&super::access_log::Entry {
+            protocol: self.protocol.as_str(),
+            http_method: self.http_method.as_str(),
+            path: &self.path,
+            grpc_service: &self.handles.service,
+            grpc_method: &self.handles.method,
+            upstream: served.as_ref().map_or("-", |s| &*s.endpoint),
+            code,
+            message,
+            http_status: self.http_status.load(Ordering::Relaxed),
+            duration: elapsed,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            messages_in: self.messages_in.load(Ordering::Relaxed),
+            messages_out: self.messages_out.load(Ordering::Relaxed),
+            client: self.client.map(|c| c.ip()),
+            retries: served.as_ref().map_or(0, |s| s.retries),
+            peer: self.peer.as_deref().unwrap_or(""),
+            trace_id: self.trace.map(|t| t.trace_id),
+        });
     }
 }
 
@@ -266,9 +274,9 @@ impl Observer {
     }
 
     pub(crate) fn trailers(&mut self, trailers: &HeaderMap) {
-        if !self.inbound {
-            let status = Status::from_headers(trailers).unwrap_or_else(|| Status::new(Code::Unknown, "no grpc-status"));
-            self.record.finish(&status);
+        if !self.inbound && !self.record.finish_if_status_in(trailers) {
+            self.record
+                .finish(&Status::new(Code::Unknown, "the response ended without a grpc-status"));
         }
     }
 

@@ -9,7 +9,7 @@
 use http::{HeaderMap, HeaderValue};
 
 /// `traceparent`.
-pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 /// The trace context of one call at the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +23,7 @@ pub(crate) struct TraceContext {
 }
 
 impl TraceContext {
+    #[cfg(test)]
     pub(crate) fn trace_id_hex(&self) -> String {
         hex(&self.trace_id)
     }

@@ -482,9 +482,9 @@ pub(crate) struct UpstreamBody {
 
 impl UpstreamBody {
     pub(crate) fn new(recv: h2::RecvStream, timers: Timers, headers: &HeaderMap, mut guard: CallGuard) -> Self {
-        let status_in_headers = match Status::from_headers(headers) {
-            Some(status) => {
-                guard.finish_with(status.code);
+        let status_in_headers = match Code::in_headers(headers) {
+            Some(code) => {
+                guard.finish_with(code);
                 true
             }
             None => false,
@@ -549,8 +549,8 @@ impl UpstreamBody {
         match ready!(self.recv.poll_trailers(cx)) {
             Ok(Some(trailers)) => {
                 self.state = State::Done;
-                match Status::from_headers(&trailers) {
-                    Some(status) => self.guard.finish_with(status.code),
+                match Code::in_headers(&trailers) {
+                    Some(code) => self.guard.finish_with(code),
                     None => self.guard.finish(Outcome::Failure),
                 }
                 Poll::Ready(Some(Frame::trailers(trailers)))

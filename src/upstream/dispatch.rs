@@ -149,11 +149,14 @@ impl Cluster {
             match head_result {
                 Ok(Ok(response)) => {
                     guard.endpoint().observe_rtt(&self.clock, started.elapsed());
-                    let headers_status = Status::from_headers(response.headers());
+                    // Most answers carry no status in their headers: read the
+                    // whole status only when there is one.
+                    let headers_status =
+                        Code::in_headers(response.headers()).and_then(|_| Status::from_headers(response.headers()));
                     end_span(span, &guard.endpoint().target, headers_status.as_ref());
                     // A trailers-only answer with a code the operator opted into:
                     // nothing went to the client yet, so it may be retried.
-                    if let Some(status) = Status::from_headers(response.headers())
+                    if let Some(status) = headers_status
                         && self.retries.retries_code(status.code)
                         && retries_made + 1 < self.retries.max_attempts
                         && replay.as_ref().is_some_and(Replay::is_available)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// The response header naming the limit that was hit.
-pub(crate) const OVERLOADED_HEADER: &str = "grpc-edge-overloaded";
+pub(crate) const OVERLOADED_HEADER: http::HeaderName = http::HeaderName::from_static("grpc-edge-overloaded");
 
 /// Which limit a call ran into.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

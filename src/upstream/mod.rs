@@ -474,5 +474,5 @@ pub(crate) fn add_forwarded(headers: &mut http::HeaderMap, client: Option<&Heade
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
