@@ -21,6 +21,11 @@
 //!   written to a file);
 //! - `grpc-edge-quiet`: the same with `observability.metrics` and
 //!   `access_log` off, so the ratio of the two is what telemetry costs;
+//! - `grpc-edge-web`, `grpc-edge-rest`, `grpc-edge-rest-body`: grpc-edge with
+//!   the same GetOrder call made as gRPC-Web (binary), as REST
+//!   `GET /v1/orders/1` (path variable, JSON answer), plus a REST call with
+//!   a JSON request body (`POST /v1/orders`, CreateOrder: the same Order
+//!   message back), so each front end's cost shows as a ratio to native gRPC;
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
 //!   when they are installed; skipped otherwise.
 //!
@@ -266,10 +271,10 @@ fn parse_targets(value: &str) -> Result<Vec<Target>, String> {
         .map(str::trim)
         .filter(|name| !name.is_empty() && *name != "none")
         .map(|name| {
-            Target::ALL
-                .into_iter()
-                .find(|t| t.name() == name)
-                .ok_or_else(|| format!("unknown target {name:?} (direct, grpc-edge, grpc-edge-quiet, haproxy, nginx)"))
+            Target::ALL.into_iter().find(|t| t.name() == name).ok_or_else(|| {
+                let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+                format!("unknown target {name:?} ({})", names.join(", "))
+            })
         })
         .collect()
 }
@@ -283,15 +288,35 @@ enum Target {
     GrpcEdge,
     /// grpc-edge with per-call metrics and access logs off.
     GrpcEdgeQuiet,
+    /// grpc-edge, the same call as gRPC-Web (binary).
+    GrpcEdgeWeb,
+    /// grpc-edge, the same call as REST: `GET /v1/orders/1` (a path variable).
+    GrpcEdgeRest,
+    /// grpc-edge, a REST call with a JSON body: `POST /v1/orders`
+    /// `{"item":"book","quantity":2}` (CreateOrder, answered with an Order
+    /// like GetOrder's).
+    GrpcEdgeRestBody,
     Haproxy,
     Nginx,
 }
 
+/// How the load generator makes its GetOrder call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    GrpcWeb,
+    RestGet,
+    RestPost,
+}
+
 impl Target {
-    const ALL: [Target; 5] = [
+    const ALL: [Target; 8] = [
         Target::Direct,
         Target::GrpcEdge,
         Target::GrpcEdgeQuiet,
+        Target::GrpcEdgeWeb,
+        Target::GrpcEdgeRest,
+        Target::GrpcEdgeRestBody,
         Target::Haproxy,
         Target::Nginx,
     ];
@@ -301,6 +326,9 @@ impl Target {
             Target::Direct => "direct",
             Target::GrpcEdge => "grpc-edge",
             Target::GrpcEdgeQuiet => "grpc-edge-quiet",
+            Target::GrpcEdgeWeb => "grpc-edge-web",
+            Target::GrpcEdgeRest => "grpc-edge-rest",
+            Target::GrpcEdgeRestBody => "grpc-edge-rest-body",
             Target::Haproxy => "haproxy",
             Target::Nginx => "nginx",
         }
@@ -308,6 +336,15 @@ impl Target {
 
     fn is_peer(self) -> bool {
         matches!(self, Target::Haproxy | Target::Nginx)
+    }
+
+    fn protocol(self) -> Protocol {
+        match self {
+            Target::GrpcEdgeWeb => Protocol::GrpcWeb,
+            Target::GrpcEdgeRest => Protocol::RestGet,
+            Target::GrpcEdgeRestBody => Protocol::RestPost,
+            _ => Protocol::Grpc,
+        }
     }
 }
 
@@ -378,7 +415,7 @@ async fn bench(args: Args, pin_proxies: bool) -> Result<(), String> {
             let sample = measure_target(target, &setup).await;
             match &sample {
                 Ok(s) => println!(
-                    "run {run}/{}: {:<9} closed {:>8.0} calls/s p99 {:>6.2} ms | fixed rate p99 {:>6.2} ms | {} errors | other load CPU0/1 {:.0}/{:.0}% ({:.0?})",
+                    "run {run}/{}: {:<19} closed {:>8.0} calls/s p99 {:>6.2} ms | fixed rate p99 {:>6.2} ms | {} errors | other load CPU0/1 {:.0}/{:.0}% ({:.0?})",
                     args.runs,
                     target.name(),
                     s.closed.calls_per_s,
@@ -389,7 +426,7 @@ async fn bench(args: Args, pin_proxies: bool) -> Result<(), String> {
                     s.closed.other_pct[1].max(s.open.other_pct[1]),
                     started.elapsed()
                 ),
-                Err(e) => println!("run {run}/{}: {:<9} FAILED: {e}", args.runs, target.name()),
+                Err(e) => println!("run {run}/{}: {:<19} FAILED: {e}", args.runs, target.name()),
             }
             results.entry(target).or_default().push(sample);
         }
@@ -407,12 +444,13 @@ async fn measure_target(target: Target, setup: &Setup) -> Result<Sample, String>
     let addr = proxy.as_ref().map_or(setup.backends[0], |p| p.addr);
     let idle_rss_kib = proxy.as_ref().map(|p| memory_kib(&p.pids(), "VmRSS:"));
     // One call before the load, so a misconfigured proxy fails with its reason.
-    probe(addr).await.map_err(|e| {
+    let protocol = target.protocol();
+    probe(addr, protocol).await.map_err(|e| {
         let log = proxy.as_ref().map(Proxy::log_tail).unwrap_or_default();
         format!("probe call failed: {e}{log}")
     })?;
-    let closed = run_profile(addr, setup, None, proxy.as_ref()).await;
-    let open = run_profile(addr, setup, Some(setup.rate), None).await;
+    let closed = run_profile(addr, protocol, setup, None, proxy.as_ref()).await;
+    let open = run_profile(addr, protocol, setup, Some(setup.rate), None).await;
     let peak_rss_kib = proxy.as_ref().map(|p| memory_kib(&p.pids(), "VmHWM:"));
     drop(proxy);
     Ok(Sample {
@@ -559,8 +597,12 @@ fn proxy_command(
     let program = |t: Target| setup.programs.get(&t).cloned().ok_or("not installed");
     match target {
         Target::Direct => Err("direct has no proxy".into()),
-        Target::GrpcEdge | Target::GrpcEdgeQuiet => {
-            let telemetry = target == Target::GrpcEdge;
+        Target::GrpcEdge
+        | Target::GrpcEdgeQuiet
+        | Target::GrpcEdgeWeb
+        | Target::GrpcEdgeRest
+        | Target::GrpcEdgeRestBody => {
+            let telemetry = target != Target::GrpcEdgeQuiet;
             let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, telemetry))?;
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
@@ -790,14 +832,16 @@ fn memory_kib(pids: &[u32], field: &str) -> u64 {
 
 /// The one request every call sends, built once.
 struct CallSpec {
+    protocol: Protocol,
+    method: http::Method,
     uri: http::Uri,
     headers: http::HeaderMap,
-    /// The gRPC frame: 0 (not compressed), u32 BE length, the message.
-    frame: Bytes,
+    /// The request body: a gRPC frame (0, u32 BE length, the message), JSON, or nothing.
+    body: Bytes,
 }
 
 impl CallSpec {
-    fn new(addr: SocketAddr) -> Self {
+    fn new(addr: SocketAddr, protocol: Protocol) -> Self {
         let message = pb::GetOrderRequest {
             name: "orders/1".into(),
         }
@@ -807,18 +851,41 @@ impl CallSpec {
         frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
         frame.extend_from_slice(&message);
         let mut headers = http::HeaderMap::new();
-        headers.insert("content-type", "application/grpc".parse().unwrap());
-        headers.insert("te", "trailers".parse().unwrap());
+        let grpc_path = format!("http://{addr}/demo.v1.OrderService/GetOrder");
+        let (method, uri, body) = match protocol {
+            Protocol::Grpc => {
+                headers.insert("content-type", "application/grpc".parse().unwrap());
+                headers.insert("te", "trailers".parse().unwrap());
+                (http::Method::POST, grpc_path, Bytes::from(frame))
+            }
+            Protocol::GrpcWeb => {
+                headers.insert("content-type", "application/grpc-web+proto".parse().unwrap());
+                headers.insert("x-grpc-web", "1".parse().unwrap());
+                (http::Method::POST, grpc_path, Bytes::from(frame))
+            }
+            Protocol::RestGet => (http::Method::GET, format!("http://{addr}/v1/orders/1"), Bytes::new()),
+            Protocol::RestPost => {
+                headers.insert("content-type", "application/json".parse().unwrap());
+                let uri = format!("http://{addr}/v1/orders");
+                (
+                    http::Method::POST,
+                    uri,
+                    Bytes::from_static(br#"{"item":"book","quantity":2}"#),
+                )
+            }
+        };
         CallSpec {
-            uri: format!("http://{addr}/demo.v1.OrderService/GetOrder").parse().unwrap(),
+            protocol,
+            method,
+            uri: uri.parse().unwrap(),
             headers,
-            frame: Bytes::from(frame),
+            body,
         }
     }
 
     fn request(&self) -> http::Request<()> {
         let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
+        *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
         *request.headers_mut() = self.headers.clone();
         request
@@ -900,8 +967,14 @@ impl CpuSnapshot {
 
 /// Runs one profile against `addr`: closed loop when `rate` is None, else
 /// that many calls/s in total. Samples `proxy`'s CPU time over the window.
-async fn run_profile(addr: SocketAddr, setup: &Setup, rate: Option<u32>, proxy: Option<&Proxy>) -> ProfileRun {
-    let spec = Arc::new(CallSpec::new(addr));
+async fn run_profile(
+    addr: SocketAddr,
+    protocol: Protocol,
+    setup: &Setup,
+    rate: Option<u32>,
+    proxy: Option<&Proxy>,
+) -> ProfileRun {
+    let spec = Arc::new(CallSpec::new(addr, protocol));
     let mut tally = Tally::default();
     let (senders, drivers) = connect_all(addr, setup.connections, &mut tally).await;
     let start = Instant::now();
@@ -1050,11 +1123,26 @@ async fn stream_loop(
 async fn call(send: &SendRequest<Bytes>, spec: &CallSpec, body: &mut Vec<u8>) -> Result<usize, String> {
     let h2_error = |e: h2::Error| format!("h2: {e}");
     let mut send = send.clone().ready().await.map_err(h2_error)?;
-    let (response, mut request_body) = send.send_request(spec.request(), false).map_err(h2_error)?;
-    request_body.send_data(spec.frame.clone(), true).map_err(h2_error)?;
+    let no_body = spec.body.is_empty();
+    let (response, mut request_body) = send.send_request(spec.request(), no_body).map_err(h2_error)?;
+    if !no_body {
+        request_body.send_data(spec.body.clone(), true).map_err(h2_error)?;
+    }
     let (head, mut response_body) = response.await.map_err(h2_error)?.into_parts();
     if head.status != http::StatusCode::OK {
         return Err(format!("HTTP status {}", head.status));
+    }
+    if spec.protocol != Protocol::Grpc {
+        body.clear();
+        while let Some(chunk) = response_body.data().await {
+            let chunk = chunk.map_err(h2_error)?;
+            let _ = response_body.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        return match spec.protocol {
+            Protocol::GrpcWeb => grpc_web_replica(&head.headers, body),
+            _ => rest_replica(body),
+        };
     }
     // A trailers-only answer (always an error here) has grpc-status in the head.
     if head.headers.contains_key("grpc-status") {
@@ -1086,6 +1174,31 @@ fn check_grpc_status(headers: &http::HeaderMap) -> Result<(), String> {
     }
 }
 
+/// A gRPC-Web answer: the `Order` frame, then the trailer frame with
+/// `grpc-status: 0` (or a trailers-only error in the headers).
+fn grpc_web_replica(headers: &http::HeaderMap, body: &[u8]) -> Result<usize, String> {
+    if headers.contains_key("grpc-status") {
+        check_grpc_status(headers)?;
+    }
+    let Some(length) = body.get(1..5) else {
+        return Err("gRPC-Web answer shorter than a frame header".into());
+    };
+    let end = 5 + u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
+    let (message, trailers) = body.split_at_checked(end).ok_or("gRPC-Web message frame truncated")?;
+    let trailer_text = trailers.get(5..).map(String::from_utf8_lossy).unwrap_or_default();
+    if trailers.first() != Some(&0x80) || !trailer_text.contains("grpc-status:0") {
+        return Err(format!("gRPC-Web trailers are not OK: {trailer_text:?}"));
+    }
+    replica_of(message)
+}
+
+/// A REST answer: the `Order` as JSON.
+fn rest_replica(body: &[u8]) -> Result<usize, String> {
+    let order: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("bad JSON answer: {e}"))?;
+    let served_by = order["servedBy"].as_str().unwrap_or_default();
+    Ok(REPLICAS.iter().position(|r| *r == served_by).unwrap_or(UNKNOWN_REPLICA))
+}
+
 /// Decodes the `Order` in a single gRPC frame and maps `served_by` to a replica.
 fn replica_of(frame: &[u8]) -> Result<usize, String> {
     let Some((&[0], rest)) = frame.split_first_chunk::<1>() else {
@@ -1105,10 +1218,10 @@ fn replica_of(frame: &[u8]) -> Result<usize, String> {
 }
 
 /// One call on a fresh connection: does the path work at all?
-async fn probe(addr: SocketAddr) -> Result<(), String> {
+async fn probe(addr: SocketAddr, protocol: Protocol) -> Result<(), String> {
     let attempt = async {
         let (send, driver) = connect(addr).await?;
-        let result = call(&send, &CallSpec::new(addr), &mut Vec::new()).await;
+        let result = call(&send, &CallSpec::new(addr, protocol), &mut Vec::new()).await;
         driver.abort();
         result.map(drop)
     };
@@ -1375,6 +1488,18 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         "grpc-edge CPU/call ÷ grpc-edge-quiet CPU/call (metrics + access log cost): {}",
         ratio(edge_cpu, get(Target::GrpcEdgeQuiet, |s| s.cpu_us_per_call))
     );
+    println!(
+        "gRPC-Web CPU/call ÷ native gRPC CPU/call (both through grpc-edge): {}",
+        ratio(get(Target::GrpcEdgeWeb, |s| s.cpu_us_per_call), edge_cpu)
+    );
+    println!(
+        "REST GET CPU/call ÷ native gRPC CPU/call (both through grpc-edge):  {}",
+        ratio(get(Target::GrpcEdgeRest, |s| s.cpu_us_per_call), edge_cpu)
+    );
+    println!(
+        "REST POST CPU/call ÷ native gRPC CPU/call (both through grpc-edge): {}",
+        ratio(get(Target::GrpcEdgeRestBody, |s| s.cpu_us_per_call), edge_cpu)
+    );
 }
 
 fn print_open_table(summaries: &BTreeMap<Target, Summary>) {
@@ -1422,10 +1547,10 @@ fn print_errors(results: &BTreeMap<Target, Vec<Result<Sample, String>>>) {
             .filter_map(|s| s.as_ref().ok())
             .fold(BTreeMap::new(), |all, s| merge_counts(all, s.errors.clone()));
         for (kind, n) in total {
-            lines.push(format!("  {:<9} {n:>8} × {kind}", target.name()));
+            lines.push(format!("  {:<19} {n:>8} × {kind}", target.name()));
         }
         for failure in samples.iter().filter_map(|s| s.as_ref().err()) {
-            lines.push(format!("  {:<9} run failed: {failure}", target.name()));
+            lines.push(format!("  {:<19} run failed: {failure}", target.name()));
         }
     }
     if lines.is_empty() {

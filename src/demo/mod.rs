@@ -64,13 +64,11 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
         .await
         .map_err(|e| BuildError::Other(format!("cannot serve the demo page: {e}")))?;
     let mut config = demo_config(listen, &addrs)?;
-    config.cors = Some(crate::config::Cors {
-        allow_origins: vec![format!("http://{page}")],
-        allow_credentials: false,
-        allow_headers: vec!["x-demo-fail".into(), "x-demo-delay-ms".into()],
-        expose_headers: Vec::new(),
-        max_age: crate::config::Duration::from_secs(600),
-    });
+    let mut cors = crate::config::Cors::allow_origins([format!("http://{page}")]);
+    cors.allow_headers = vec!["x-demo-fail".into(), "x-demo-delay-ms".into()];
+    config.cors = Some(cors);
+    // The self-check below makes 300 calls; logging each would bury the guide.
+    config.observability.access_log.sample_successes = 0.0;
     let gateway = demo_gateway(config)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -113,16 +111,20 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
     println!(
         "  curl -s -i {base}/v1/orders/404                                   # an error: HTTP 404 + google.rpc.Status"
     );
-    println!("\nTry native gRPC (grpcurl reads the .proto from this repository):");
-    let proto = "-import-path proto -proto demo/v1/orders.proto";
-    println!("  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\"}}' {bound} demo.v1.OrderService/GetOrder");
+    println!("\nTry native gRPC (grpcurl; the gateway serves reflection, so no .proto is needed):");
+    println!("  grpcurl -plaintext {bound} list");
+    println!("  grpcurl -plaintext {bound} describe demo.v1.OrderService");
+    println!("  grpcurl -plaintext -d '{{\"name\":\"orders/1\"}}' {bound} demo.v1.OrderService/GetOrder");
     println!(
-        "  grpcurl -plaintext {proto} -d '{{\"name\":\"orders/1\",\"interval_ms\":300}}' {bound} demo.v1.OrderService/WatchOrder"
+        "  grpcurl -plaintext -d '{{\"name\":\"orders/1\",\"interval_ms\":300}}' {bound} demo.v1.OrderService/WatchOrder"
     );
-    println!("  grpcurl -plaintext {proto} -H 'x-demo-fail: 14' -d '{{}}' {bound} demo.v1.OrderService/GetOrder");
+    println!("  grpcurl -plaintext -H 'x-demo-fail: 14' -d '{{}}' {bound} demo.v1.OrderService/GetOrder");
     println!(
-        "  grpcurl -plaintext {proto} -H 'grpc-timeout: 100m' -H 'x-demo-delay-ms: 500' -d '{{}}' {bound} demo.v1.OrderService/GetOrder"
+        "  grpcurl -plaintext -H 'grpc-timeout: 100m' -H 'x-demo-delay-ms: 500' -d '{{}}' {bound} demo.v1.OrderService/GetOrder"
     );
+    println!("  grpcurl -plaintext {bound} grpc.health.v1.Health/Check");
+    println!("\nThe access log (stderr) shows failed calls; the demo samples successful ones out");
+    println!("(observability.access_log.sample_successes: 0.0).");
     println!("\nPress Ctrl-C to stop.\n");
 
     shutdown.await;
