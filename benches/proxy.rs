@@ -1,4 +1,5 @@
-//! Side-by-side proxy benchmark: `direct`, `grpc-edge`, `grpc-edge-quiet`, `haproxy`, `nginx`.
+//! Side-by-side proxy benchmark: `direct`, `grpc-edge` (native gRPC, gRPC-Web,
+//! REST), `grpc-edge-quiet`, `haproxy`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]

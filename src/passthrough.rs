@@ -22,8 +22,7 @@ use crate::upstream::{CallOptions, Deadline, add_forwarded};
 pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn: &ConnInfo) -> Response<Body> {
     let received = Instant::now();
     let refuse = |request: &Request<Body>, status: Status| {
-        let (method, path) = (request.method(), request.uri().path());
-        telemetry::refused(gateway, Protocol::Grpc, method, path, conn, &status, 200);
+        telemetry::refused(gateway, Protocol::Grpc, request.into(), conn, &status, 200);
         status.to_grpc_response()
     };
     let Some(target) = gateway.routes().resolve(request.uri().path()) else {

@@ -17,8 +17,8 @@
 //! no endpoint, and leaves CORS to `crate::cors`.
 
 mod body;
-mod codec;
-mod text;
+pub(crate) mod codec;
+pub(crate) mod text;
 
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -167,15 +167,7 @@ pub(crate) async fn handle(gateway: &Gateway, request: Request<Body>, conn: &Con
     }
     let path = request.uri().path();
     let refuse = |status: Status| {
-        telemetry::refused(
-            gateway,
-            Protocol::GrpcWeb,
-            request.method(),
-            request.uri().path(),
-            conn,
-            &status,
-            200,
-        );
+        telemetry::refused(gateway, Protocol::GrpcWeb, (&request).into(), conn, &status, 200);
         web_error(&status, answer)
     };
     let Some(target) = gateway.routes().resolve(path) else {

@@ -89,20 +89,19 @@ pub(crate) async fn handle(
             match status {
                 Some(status) => record.finish(status),
                 None if response.extensions().get::<StreamsItsRecord>().is_some() => {}
-                None => record.finish(&Status::new(Code::Ok, "")),
+                None => {
+                    // The answer's message as the client gets it (a stream
+                    // counts its messages' bytes as they go).
+                    if let Some(len) = http_body::Body::size_hint(response.body()).exact() {
+                        record.add_bytes(false, len as usize);
+                    }
+                    record.finish(&Status::new(Code::Ok, ""));
+                }
             }
         }
         None => {
             let status = status.cloned().unwrap_or_else(|| Status::new(Code::Ok, ""));
-            telemetry::refused(
-                gateway,
-                Protocol::Rest,
-                &parts.method,
-                parts.uri.path(),
-                conn,
-                &status,
-                http_status,
-            );
+            telemetry::refused(gateway, Protocol::Rest, (&parts).into(), conn, &status, http_status);
         }
     }
     response

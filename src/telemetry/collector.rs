@@ -13,6 +13,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetri
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
 
 use crate::gateway::GatewayInner;
 
@@ -336,17 +337,15 @@ impl Collector for GatewayCollector {
             "Resident memory of the gateway process",
             ConstGauge::new(resident_memory_bytes() as i64),
         )?;
-        family(
+        // An OpenMetrics info family (`grpc_edge_build`, sample
+        // `grpc_edge_build_info`); the text format shows it as a gauge.
+        single(
             e,
-            "grpc_edge_build_info",
+            "grpc_edge_build",
             "The running version (always 1)",
-            MetricType::Gauge,
-            [(
-                BuildLabels {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                },
-                ConstGauge::new(1),
-            )],
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
         )?;
         Ok(())
     }

@@ -235,16 +235,49 @@ pub(crate) fn watch_response(record: CallRecord, response: &mut http::Response<c
     }
 }
 
-/// Counts a call the gateway answered without routing it (no route, bad input).
+/// What a refused call's record needs from its request.
+#[derive(Clone, Copy)]
+pub(crate) struct RequestHead<'a> {
+    pub(crate) method: &'a http::Method,
+    pub(crate) path: &'a str,
+    pub(crate) headers: &'a http::HeaderMap,
+}
+
+impl<'a, B> From<&'a http::Request<B>> for RequestHead<'a> {
+    fn from(request: &'a http::Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            path: request.uri().path(),
+            headers: request.headers(),
+        }
+    }
+}
+
+impl<'a> From<&'a http::request::Parts> for RequestHead<'a> {
+    fn from(parts: &'a http::request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            path: parts.uri.path(),
+            headers: &parts.headers,
+        }
+    }
+}
+
+/// Counts a call the gateway answered without routing it (no route, bad
+/// input), under the client's trace if it sent one.
 pub(crate) fn refused(
     gateway: &crate::gateway::Gateway,
     protocol: Protocol,
-    http_method: &http::Method,
-    http_path: &str,
+    request: RequestHead<'_>,
     conn: &crate::gateway::ConnInfo,
     status: &crate::status::Status,
     http_status: u16,
 ) {
+    let RequestHead {
+        method: http_method,
+        path: http_path,
+        headers,
+    } = request;
     let record = CallRecord::start(
         gateway.telemetry(),
         CallStart {
@@ -254,7 +287,8 @@ pub(crate) fn refused(
             http_path,
             client: conn.remote,
             peer: None,
-            trace: None,
+            // The client's trace, so its refused call can be found by trace id.
+            trace: trace::continued(headers),
             streaming: false,
         },
     );

@@ -58,6 +58,18 @@ pub(crate) fn propagate(headers: &mut HeaderMap, start_new: Option<f64>) -> Opti
     Some(context)
 }
 
+/// The trace a request's valid `traceparent` continues, without touching the
+/// request: for calls the gateway answers itself.
+pub(crate) fn continued(headers: &HeaderMap) -> Option<TraceContext> {
+    let (trace_id, parent_id, sampled) = parse(headers.get(TRACEPARENT)?.as_bytes())?;
+    Some(TraceContext {
+        trace_id,
+        parent_id: Some(parent_id),
+        span_id: random_id(),
+        sampled,
+    })
+}
+
 /// Gives an upstream attempt a span of its own under the call's span: a new
 /// span id, written into `traceparent`. Returns the id.
 pub(crate) fn child_of(headers: &mut HeaderMap, call: &TraceContext) -> [u8; 8] {
@@ -66,13 +78,19 @@ pub(crate) fn child_of(headers: &mut HeaderMap, call: &TraceContext) -> [u8; 8] 
     span_id
 }
 
-/// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids and unknown versions' bad shapes are invalid.
+/// Parses `00-<32 hex>-<16 hex>-<2 hex>` (a later version: that, then nothing or `-` and
+/// anything); all-zero ids, version `ff` and unknown versions' bad shapes are invalid.
 pub(crate) fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
     let version = unhex::<1>(&value[0..2])?[0];
     if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    // A later version may add fields, but only after another `-`: the flags
+    // are followed by the end of the value or a dash (W3C trace context, 4.3).
+    if value.get(55).is_some_and(|&c| c != b'-') {
         return None;
     }
     let trace_id = unhex::<16>(&value[3..35])?;
@@ -192,6 +210,26 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
         ] {
             assert_eq!(parse(bad.as_bytes()), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn later_versions_need_a_dash_after_the_flags() {
+        // Found by fuzzing (fuzz/fuzz_targets/traceparent.rs): a version-01
+        // value with more after the flags was read although no `-` followed.
+        for bad in [
+            "01-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-00%e]tra",
+            "01-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-001",
+            "cc-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-01x-",
+        ] {
+            assert_eq!(parse(bad.as_bytes()), None, "{bad}");
+        }
+        for good in [
+            "01-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-00",
+            "01-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-00-",
+            "cc-0af7651916cd4ed3d4388b211c80319c-b7ad16cd43dd8331-01-what-the-future-holds",
+        ] {
+            assert!(parse(good.as_bytes()).is_some(), "{good}");
         }
     }
 }

@@ -80,6 +80,10 @@ pub(crate) enum PoolError {
     /// Too many calls were already waiting (`limits.max_pending`).
     #[error("too many calls waiting for {target}")]
     Overflow { target: Arc<str>, overflow: Overflow },
+    /// The endpoint left the cluster (discovery dropped it) while the call
+    /// waited: no connection will open, so the call goes elsewhere at once.
+    #[error("{target} was removed from the upstream")]
+    Closed { target: Arc<str> },
 }
 
 /// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
@@ -189,6 +193,11 @@ impl Pool {
             }
             if self.connect_failures.load(Ordering::Acquire) != failures_at_start {
                 return Err(self.connect_error());
+            }
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(PoolError::Closed {
+                    target: self.target.clone(),
+                });
             }
             if self.conns.load().len() < self.settings.max_connections as usize {
                 if self.in_backoff(self.clock.now_nanos()) && self.conns.load().is_empty() {
@@ -564,5 +573,60 @@ async fn drive(
         conn.draining.store(true, Ordering::Release);
         pool.forget(&conn);
         tracing::debug!(target = %pool.target, conn = conn.id, %reason, "upstream connection closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(max_connections: u32, pending_timeout: Duration) -> Arc<PoolSettings> {
+        Arc::new(PoolSettings {
+            max_connections,
+            max_streams: 100,
+            max_requests: 0,
+            max_age: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+            pending_timeout,
+            stream_window: 1 << 20,
+            connection_window: 1 << 20,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            tls: None,
+        })
+    }
+
+    /// A call waiting on an endpoint that discovery then removes must move
+    /// on at once, not sit out `pending_timeout` on a pool that will never
+    /// connect again.
+    #[tokio::test]
+    async fn a_waiting_call_leaves_a_closed_pool_at_once() {
+        // No connection may open (max 0), so the call can only wait.
+        let pool = Pool::new(
+            "127.0.0.1:9".into(),
+            settings(0, Duration::from_secs(30)),
+            Clock::new(),
+            None,
+        );
+        let limits = Limits::new(&crate::config::Limits::default());
+        let waiting = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.acquire(None, &limits).await.err() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the call should wait while the pool is open");
+        pool.close();
+        let error = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiting call should end when the pool closes, not after pending_timeout")
+            .unwrap();
+        assert!(matches!(error, Some(PoolError::Closed { .. })), "{error:?}");
+
+        // And a call arriving after the close fails at once too.
+        let limits = Limits::new(&crate::config::Limits::default());
+        let late = tokio::time::timeout(Duration::from_secs(5), pool.acquire(None, &limits)).await;
+        let late = late.map(Result::err);
+        assert!(matches!(late, Ok(Some(PoolError::Closed { .. }))), "{late:?}");
     }
 }

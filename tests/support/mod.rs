@@ -10,6 +10,7 @@ pub mod pb {
 
 pub mod certs;
 pub mod faults;
+pub mod gateway_logs;
 pub mod grpc_web_client;
 pub mod raw_backend;
 pub mod rest_client;
