@@ -8,8 +8,10 @@ FROM rust:1.91-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so that editing the source does not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
-    && mkdir -p descriptors && cargo fetch --locked
+# Cargo reads every target the manifest names, so the benches get stubs too.
+RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && echo '' > src/lib.rs \
+    && echo 'fn main() {}' > benches/proxy.rs && echo 'fn main() {}' > benches/in_process.rs \
+    && cargo fetch --locked
 COPY . .
 RUN cargo build --release --locked --bin grpc-edge \
     && strip target/release/grpc-edge

@@ -93,6 +93,8 @@ pub async fn run(listen: SocketAddr, shutdown: impl std::future::Future<Output =
             for (replica, n) in &counts {
                 println!("  {replica:<10} {n:>3} calls");
             }
+            println!("(the peak_ewma balancer favours whichever replica answered fastest lately, so shares");
+            println!(" wander; `balancer: round_robin` gives each exactly a third)");
         }
         Err(e) => println!("\ngrpc-edge demo: the self-check call failed: {e}"),
     }
