@@ -99,7 +99,7 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, grpc-edge-quiet, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
     // Before anything else: count the cores (pinning shrinks what the

@@ -110,7 +110,11 @@ impl Endpoint {
     }
 
     pub(crate) fn set_health(&self, health: Health) {
-        self.health.store(health as u8, Ordering::Relaxed);
+        let was = self.health.swap(health as u8, Ordering::AcqRel);
+        let (was_out, now_out) = (was == Health::Unhealthy as u8, health == Health::Unhealthy);
+        if was_out != now_out && !self.is_draining() {
+            self.detector.health_changed(now_out);
+        }
     }
 
     pub(crate) fn is_draining(&self) -> bool {
@@ -119,7 +123,9 @@ impl Endpoint {
 
     /// Takes the endpoint out of service for good (discovery removed it).
     pub(crate) fn drain(&self) {
-        self.draining.store(true, Ordering::Relaxed);
+        if !self.draining.swap(true, Ordering::AcqRel) && self.health() == Health::Unhealthy {
+            self.detector.health_changed(false);
+        }
         self.detector.forget(&self.outlier);
         self.pool.close();
     }

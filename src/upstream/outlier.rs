@@ -14,7 +14,10 @@
 //! gets exactly one probe call: success readmits it (with a short slow start
 //! in the balancer's cost), failure ejects it again for longer. No more than
 //! `max_ejection_percent` of the endpoints are ejected at once, and one
-//! always may be, so a cluster never goes dark because of ejections.
+//! always may be, so a cluster never goes dark because of ejections. While
+//! active health checks hold endpoints out, an ejection must also leave at
+//! least one endpoint that is neither ejected nor unhealthy: together the two
+//! mechanisms may not take the last endpoint in service away.
 //!
 //! All state is atomics read on the hot path; only the reason text takes a
 //! lock, when an ejection happens.
@@ -169,6 +172,8 @@ pub(crate) struct OutlierDetector {
     pub(crate) settings: OutlierSettings,
     ejected: AtomicU32,
     endpoints: AtomicU32,
+    /// Endpoints active health checks hold out of service.
+    unhealthy: AtomicU32,
 }
 
 impl OutlierDetector {
@@ -177,6 +182,19 @@ impl OutlierDetector {
             settings,
             ejected: AtomicU32::new(0),
             endpoints: AtomicU32::new(u32::try_from(endpoints).unwrap_or(u32::MAX)),
+            unhealthy: AtomicU32::new(0),
+        }
+    }
+
+    /// An endpoint's health checks took it out of service (`true`) or put
+    /// it back (`false`).
+    pub(crate) fn health_changed(&self, unhealthy: bool) {
+        if unhealthy {
+            self.unhealthy.fetch_add(1, Ordering::AcqRel);
+        } else {
+            let _ = self
+                .unhealthy
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
         }
     }
 
@@ -258,12 +276,16 @@ impl OutlierDetector {
 
     fn eject(&self, state: &OutlierState, now: u64, reason: String, kind: EjectionReason) -> bool {
         let budget = self.ejection_budget();
+        let unhealthy = self.unhealthy.load(Ordering::Acquire);
+        let endpoints = self.endpoints.load(Ordering::Relaxed);
+        // With health checks holding some out, one endpoint must stay in service.
+        let allowed = |ejected: u32| ejected < budget && (unhealthy == 0 || ejected + unhealthy + 1 < endpoints);
         if self
             .ejected
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < budget).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| allowed(n).then_some(n + 1))
             .is_err()
         {
-            tracing::debug!(%reason, budget, "not ejecting: max_ejection_percent reached");
+            tracing::debug!(%reason, budget, unhealthy, "not ejecting: max_ejection_percent reached, or it would leave no endpoint in service");
             return false;
         }
         let until = now + self.ejection_time(state).as_nanos() as u64;
@@ -364,6 +386,27 @@ mod tests {
         d.record(&s, Outcome::Failure, false, SEC);
         assert!(matches!(s.standing(SEC), Standing::Ejected { .. }));
         assert!(s.reason().unwrap().contains("5 consecutive failures"));
+    }
+
+    #[test]
+    fn ejections_never_take_the_last_endpoint_health_checks_left_in_service() {
+        // Four endpoints, two failing health checks: the 50% cap alone would
+        // allow ejecting the other two.
+        let d = detector(4);
+        d.health_changed(true);
+        d.health_changed(true);
+        let (a, b) = (OutlierState::default(), OutlierState::default());
+        for _ in 0..5 {
+            d.record(&a, Outcome::Failure, false, SEC);
+            d.record(&b, Outcome::Failure, false, SEC);
+        }
+        assert!(matches!(a.standing(SEC), Standing::Ejected { .. }), "one may go");
+        assert_eq!(b.standing(SEC), Standing::InService, "the last one in service stays");
+
+        // One endpoint healthy again: now b may go too (the cap allows two).
+        d.health_changed(false);
+        d.record(&b, Outcome::Failure, false, SEC);
+        assert!(matches!(b.standing(SEC), Standing::Ejected { .. }));
     }
 
     #[test]
