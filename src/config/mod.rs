@@ -150,10 +150,35 @@ impl Config {
     }
 }
 
+/// How much work aliases and merge keys (`<<: *defaults`) may add to a
+/// configuration, counted in YAML events replayed from anchors. A gateway
+/// file that shares a block of defaults across hundreds of upstreams stays
+/// far below it; an alias bomb (anchors aliased inside anchors, each level
+/// multiplying the last) hits it after a few milliseconds of work instead of
+/// the parser's own general-purpose cap of a million events, which took
+/// seconds to reach through `Config`'s maps.
+const MAX_ALIAS_REPLAYED_EVENTS: usize = 50_000;
+
+/// Merge keys (`<<`) in one file, replayed ones included.
+const MAX_MERGE_KEYS: usize = 2_000;
+
+/// Parser options: the default budget, with aliases and merge keys held to
+/// what a configuration file needs.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut alias_limits = serde_saphyr::options::AliasLimits::default();
+    alias_limits.max_total_replayed_events = MAX_ALIAS_REPLAYED_EVENTS;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_merge_keys: MAX_MERGE_KEYS,
+        },
+        alias_limits: alias_limits,
+    }
+}
+
 /// Deserializes YAML, recording the key path of the first error.
 fn parse_yaml(text: &str) -> Result<Config, ConfigError> {
     let mut failed_at: Option<String> = None;
-    let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
         serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
             failed_at = Some(e.path().to_string());
             e.into_inner()
@@ -191,6 +216,11 @@ fn strip_location(message: &str) -> &str {
 /// Rewrites serde's wording (`invalid type: string "ten", expected u32`) into
 /// the gateway's (`expected a non-negative integer, got "ten"`).
 fn rewrite_message(message: &str) -> String {
+    if message.starts_with("alias replay limit exceeded") || message.starts_with("budget breached") {
+        return format!(
+            "the file is too large or expands to too much through aliases (*name) or merge keys (<<): {message}"
+        );
+    }
     if message == "invalid socket address syntax" {
         return "expected an address such as 0.0.0.0:8080 or [::]:8080".into();
     }

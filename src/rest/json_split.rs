@@ -58,6 +58,13 @@ impl JsonSplitter {
             let at = self.base + self.scanned;
             if self.depth > 0 {
                 self.scanned += 1;
+                // Before the value can end: its closing byte counts too.
+                if self.scanned > self.limit {
+                    return Err(format!(
+                        "a message in the stream exceeds transcoding.max_request_body ({} bytes) at byte {at}",
+                        self.limit
+                    ));
+                }
                 if self.in_string {
                     match (self.escaped, byte) {
                         (true, _) => self.escaped = false,
@@ -83,12 +90,6 @@ impl JsonSplitter {
                         }
                         _ => {}
                     }
-                }
-                if self.scanned > self.limit {
-                    return Err(format!(
-                        "a message in the stream exceeds transcoding.max_request_body ({} bytes) at byte {at}",
-                        self.limit
-                    ));
                 }
                 continue;
             }
@@ -213,5 +214,25 @@ mod tests {
         let mut splitter = JsonSplitter::new(16);
         splitter.push(b"{\"a\":\"0123456789012345678901234567890\"}");
         assert!(splitter.next_value().unwrap_err().contains("exceeds"));
+    }
+
+    #[test]
+    fn the_limit_counts_the_closing_brace() {
+        // Found by fuzzing (fuzz/fuzz_targets/json_split.rs): a message one
+        // byte over the limit got through when its last byte closed it.
+        for body in [&b"{\"a\":\"012345678\"}"[..], b"{\"b\x1f:[1\xff\xff\xff\xff\":\"}\"}"] {
+            assert_eq!(body.len(), 17);
+            let mut splitter = JsonSplitter::new(16);
+            splitter.push(body);
+            let error = splitter.next_value().unwrap_err();
+            assert!(error.contains("exceeds") && error.ends_with("at byte 16"), "{error}");
+            let mut splitter = JsonSplitter::new(17);
+            splitter.push(body);
+            assert_eq!(splitter.next_value().unwrap().as_deref(), Some(body));
+        }
+        let mut splitter = JsonSplitter::new(16);
+        splitter.push(b"{\"a\":\"0\"}\n{\"a\":\"012345678\"}\n");
+        assert_eq!(splitter.next_value().unwrap().as_deref(), Some(&b"{\"a\":\"0\"}"[..]));
+        assert!(splitter.next_value().is_err());
     }
 }

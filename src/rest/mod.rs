@@ -44,8 +44,8 @@
 //! told apart.
 
 mod handler;
-mod json_split;
-mod query;
+pub(crate) mod json_split;
+pub(crate) mod query;
 mod response;
 pub(crate) mod router;
 mod rules;

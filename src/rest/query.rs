@@ -59,7 +59,18 @@ fn decode(text: &str) -> Result<String, usize> {
         }
         i += 1;
     }
-    String::from_utf8(out).map_err(|e| e.utf8_error().valid_up_to())
+    // The error is where the bad sequence starts in `text`, not in `out`:
+    // escapes before it decoded three bytes into one.
+    String::from_utf8(out).map_err(|e| input_offset(bytes, e.utf8_error().valid_up_to()))
+}
+
+/// Where in `text` (whose escapes all decode) the decoded byte `n` comes from.
+fn input_offset(text: &[u8], n: usize) -> usize {
+    let mut i = 0;
+    for _ in 0..n {
+        i += if text.get(i) == Some(&b'%') { 3 } else { 1 };
+    }
+    i
 }
 
 #[cfg(test)]
@@ -94,5 +105,27 @@ mod tests {
             "invalid percent-encoding in the query at byte 2"
         );
         assert!(parse("a=%ff").is_err(), "not UTF-8");
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_named_in_the_query() {
+        // Found by fuzzing (fuzz/fuzz_targets/query.rs): the offset was
+        // counted in the decoded bytes, so escapes before the bad one moved it.
+        assert_eq!(
+            parse("a=%41%ff").unwrap_err(),
+            "invalid percent-encoding in the query at byte 5"
+        );
+        assert_eq!(
+            parse("x=1&n%C3%A9e=%E2%9C%93+%E2%9C&y").unwrap_err(),
+            "invalid percent-encoding in the query at byte 23"
+        );
+        assert_eq!(
+            parse("%C3%A9%C3=1").unwrap_err(),
+            "invalid percent-encoding in the query at byte 6"
+        );
+        let fuzzed = "text=a\u{6}\0\0\0\0\0\0\0p%19T12:00:00\u{1f}\u{fffd}\u{fffd}\u{fffd}ap%80b&&mask=ep\0\0\0\0\0\0\0\u{4}er.+ig=7";
+        let error = parse(fuzzed).unwrap_err();
+        let at: usize = error.rsplit_once("at byte ").unwrap().1.parse().unwrap();
+        assert_eq!(&fuzzed[at..at + 3], "%80", "{error}");
     }
 }

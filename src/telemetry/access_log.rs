@@ -42,8 +42,9 @@ pub(crate) struct Entry<'a> {
     pub(crate) trace_id: Option<[u8; 16]>,
 }
 
-/// The shape of a directly written line.
+/// The shape of a directly written line (chosen by the binary's `--log-format`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "cli"), allow(dead_code))]
 pub(crate) enum LineFormat {
     /// `<time>  INFO grpc_edge::access: call key=value ...`
     Text,

@@ -290,3 +290,51 @@ pub(crate) fn bad_request(violations: &[FieldViolation]) -> Status {
         details: Some(Bytes::from(encoded.encode_to_vec())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::{DescriptorPool, Value};
+
+    use super::*;
+
+    fn pool() -> DescriptorPool {
+        DescriptorPool::decode(&include_bytes!("../../descriptors/testing.binpb")[..]).unwrap()
+    }
+
+    #[test]
+    fn doubles_survive_printing_and_parsing_exactly() {
+        // Found by fuzzing (fuzz/fuzz_targets/json_transcode.rs): serde_json
+        // parsed some decimals one unit in the last place off, so a double
+        // printed as JSON came back as a different double, and a client's
+        // number was not the nearest double to what it sent.
+        let pool = pool();
+        let codec = JsonCodec::new(&Transcoding::default());
+        let value = pool.get_message_by_name("google.protobuf.Value").unwrap();
+        for text in [
+            "444444444444444440000000000000000000000001554303275",
+            "4.444444444444444e+50",
+            "4.4444444444444435e+50",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "0.1",
+        ] {
+            let expected: f64 = text.parse().unwrap();
+            let message = codec.parse(value.clone(), text.as_bytes(), "").unwrap();
+            let number = message.get_field_by_name("number_value").unwrap();
+            assert_eq!(number.as_f64(), Some(expected), "{text}");
+            let printed = codec.print(&message);
+            let again = codec.parse(value.clone(), &printed, "").unwrap();
+            assert_eq!(
+                again.get_field_by_name("number_value").unwrap().as_f64(),
+                Some(expected),
+                "{text}"
+            );
+        }
+        let all = pool.get_message_by_name("testing.rest.v1.AllTypes").unwrap();
+        let message = codec.parse(all, br#"{"d": 4.444444444444444e+50}"#, "").unwrap();
+        assert_eq!(
+            message.get_field_by_name("d").as_deref(),
+            Some(&Value::F64(4.444444444444444e50))
+        );
+    }
+}
