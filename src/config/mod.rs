@@ -170,6 +170,10 @@ fn yaml_options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_merge_keys: MAX_MERGE_KEYS,
+            // The default wants an anchor per 10 aliases once there are 100,
+            // which refuses hundreds of upstreams sharing one `&defaults`. The
+            // replay and merge-key caps above already bound what aliases cost.
+            enforce_alias_anchor_ratio: false,
         },
         alias_limits: alias_limits,
     }

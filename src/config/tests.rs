@@ -266,9 +266,8 @@ fn alias_bombs_inside_the_schema_are_rejected_quickly() {
 
 #[test]
 fn defaults_shared_through_merge_keys_still_load() {
-    // Upstreams sharing one block of settings: the use the alias limits must
-    // leave room for. (Fewer than 100 aliases: past that, serde-saphyr's
-    // default budget wants an anchor per 10 aliases.)
+    // Hundreds of upstreams sharing one block of settings: the use the alias
+    // limits must leave room for.
     let mut text = String::from(
         "listen: 0.0.0.0:8080
 descriptors: []
@@ -283,7 +282,7 @@ upstreams:
 ",
     );
     let mut routes = String::from("routes:\n");
-    for i in 1..90 {
+    for i in 1..300 {
         text.push_str(&format!(
             "  u{i}:\n    <<: *defaults\n    endpoints: [\"127.0.0.1:{i}\"]\n"
         ));
@@ -291,7 +290,7 @@ upstreams:
     }
     text.push_str(&routes);
     let config = Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(config.upstreams.len(), 90);
-    assert_eq!(config.upstreams["u89"].retry.max_attempts, 3);
-    assert_eq!(config.upstreams["u89"].endpoints, ["127.0.0.1:89"]);
+    assert_eq!(config.upstreams.len(), 300);
+    assert_eq!(config.upstreams["u299"].retry.max_attempts, 3);
+    assert_eq!(config.upstreams["u299"].endpoints, ["127.0.0.1:299"]);
 }
