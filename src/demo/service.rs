@@ -27,11 +27,15 @@ impl OrderDesk {
     /// A desk with three sample orders.
     pub fn new(replica: &str) -> Self {
         let mut orders = BTreeMap::new();
+        // Fixed times (from 2026-01-15T09:30:00Z, a day apart), so answers
+        // are the same on every run and every replica.
+        const FIRST_ORDER_SECS: u64 = 1_768_469_400;
         for (id, item, state) in [
             (1, "espresso beans", OrderState::Shipped),
             (2, "grinder", OrderState::Placed),
             (3, "kettle", OrderState::Delivered),
         ] {
+            let placed = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(FIRST_ORDER_SECS + (id - 1) * 86_400);
             let name = format!("orders/{id}");
             orders.insert(
                 name.clone(),
@@ -40,7 +44,7 @@ impl OrderDesk {
                     item: item.into(),
                     quantity: 1,
                     state: state as i32,
-                    create_time: Some(SystemTime::UNIX_EPOCH.into()),
+                    create_time: Some(placed.into()),
                     served_by: String::new(),
                 },
             );
