@@ -28,7 +28,6 @@
 //! ```
 
 use std::convert::Infallible;
-use std::error::Error;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -37,20 +36,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use grpc_edge::demo::pb::GetOrderRequest;
 use grpc_edge::demo::pb::order_service_client::OrderServiceClient;
 use grpc_edge::demo::{DESCRIPTOR_SET, OrderDesk};
 use grpc_edge::{Body, BuildError, Code, Gateway, GatewayService, Status};
 use http::{HeaderValue, Request, Response, header};
-use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimit;
 use tower::load_shed::LoadShed;
 use tower::{Service, ServiceBuilder, ServiceExt};
 
-type BoxError = Box<dyn Error + Send + Sync>;
+mod support;
+use support::{BoxError, check, http1};
 
 /// The token `--token` defaults to.
 pub const DEFAULT_TOKEN: &str = "let-me-in";
@@ -293,10 +291,7 @@ impl Options {
             let mut value = || args.next().ok_or(format!("{arg} needs a value"));
             match arg.as_str() {
                 "--once" => once = true,
-                "--listen" => {
-                    let value = value()?;
-                    listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
-                }
+                "--listen" => listen = Some(support::parse_listen(args.next())?),
                 "--token" => token = value()?,
                 "--max-in-flight" => {
                     let value = value()?;
@@ -308,9 +303,8 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}")),
             }
         }
-        let default = if once { "127.0.0.1:0" } else { "127.0.0.1:8080" };
         Ok(Self {
-            listen: listen.unwrap_or_else(|| default.parse().expect("a valid default address")),
+            listen: listen.unwrap_or_else(|| support::default_listen(once)),
             token,
             max_in_flight,
             once,
@@ -356,10 +350,10 @@ pub async fn run(options: Options) -> Result<(), BoxError> {
 /// Without a token: refused; with it: answered; over the limit: shed.
 pub async fn self_check(addr: SocketAddr, token: &str, max_in_flight: usize) -> Result<(), BoxError> {
     let bearer = format!("Bearer {token}");
-    let (status, _) = rest_get(addr, "/v1/orders/1", &[]).await?;
+    let (status, _, _) = http1(addr, "GET", "/v1/orders/1", &[]).await?;
     println!("REST without a token           -> {status}");
     check(status == http::StatusCode::UNAUTHORIZED, "REST answer without a token")?;
-    let (status, body) = rest_get(addr, "/v1/orders/1", &[("authorization", &bearer)]).await?;
+    let (status, _, body) = http1(addr, "GET", "/v1/orders/1", &[("authorization", &bearer)]).await?;
     println!(
         "REST with the token            -> {status} {}",
         String::from_utf8_lossy(&body)
@@ -399,7 +393,9 @@ pub async fn self_check(addr: SocketAddr, token: &str, max_in_flight: usize) -> 
             let bearer = bearer.clone();
             tokio::spawn(async move {
                 let slow = [("authorization", bearer.as_str()), ("x-demo-delay-ms", "1000")];
-                rest_get(addr, "/v1/orders/1", &slow).await.map(|(status, _)| status)
+                http1(addr, "GET", "/v1/orders/1", &slow)
+                    .await
+                    .map(|(status, ..)| status)
             })
         })
         .collect();
@@ -413,46 +409,7 @@ pub async fn self_check(addr: SocketAddr, token: &str, max_in_flight: usize) -> 
     Ok(())
 }
 
-fn check(ok: bool, what: &str) -> Result<(), BoxError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("unexpected {what}").into())
-    }
-}
-
-/// One HTTP/1.1 GET on a fresh connection.
-async fn rest_get(
-    addr: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(http::StatusCode, Bytes), BoxError> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(connection);
-    let mut request = Request::get(path).header(header::HOST, addr.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender.send_request(request.body(Full::<Bytes>::default())?).await?;
-    let status = response.status();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(USAGE, Options::parse, run).await
 }

@@ -23,21 +23,19 @@
 //! gRPC clients do not add path prefixes; serve the gateway at the root
 //! (`Router::merge`) for them, as `tests/library.rs` shows.
 
-use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
-use bytes::Bytes;
 use grpc_edge::config::{Cors, Route, Upstream};
 use grpc_edge::demo::{Backend, DESCRIPTOR_SET};
 use grpc_edge::{BuildError, Gateway};
-use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
 
-type BoxError = Box<dyn Error + Send + Sync>;
+mod support;
+use support::{BoxError, check, http1};
 
 /// The origin of the browser frontend allowed to call `/api` (e.g. a Vite dev server).
 pub const FRONTEND_ORIGIN: &str = "http://localhost:5173";
@@ -85,39 +83,9 @@ pub fn app(gateway: &Gateway) -> Router {
         .nest("/admin", gateway.admin_router())
 }
 
-/// What the command line asked for.
-pub struct Options {
-    /// Where the app listens.
-    pub listen: SocketAddr,
-    /// Make a few calls, print the answers, and exit.
-    pub once: bool,
-}
+pub use support::Options;
 
 const USAGE: &str = "usage: cargo run --example embed_axum -- [--listen ADDR] [--once]";
-
-impl Options {
-    /// Parses `--listen ADDR` and `--once`; `--once` alone listens on a free port.
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut listen = None;
-        let mut once = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--once" => once = true,
-                "--listen" => {
-                    let value = args.next().ok_or("--listen needs an address")?;
-                    listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
-                }
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        let default = if once { "127.0.0.1:0" } else { "127.0.0.1:8080" };
-        Ok(Self {
-            listen: listen.unwrap_or_else(|| default.parse().expect("a valid default address")),
-            once,
-        })
-    }
-}
 
 /// Starts the backends, builds the gateway and serves the app until Ctrl-C
 /// (or, with `--once`, until the self-check is done); then drains.
@@ -187,50 +155,7 @@ pub async fn self_check(addr: SocketAddr) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn check(ok: bool, what: &str) -> Result<(), BoxError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("unexpected {what}").into())
-    }
-}
-
-/// One HTTP/1.1 exchange without a body on a fresh connection.
-async fn http1(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<(http::StatusCode, http::HeaderMap, Bytes), BoxError> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(connection);
-    let mut request = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header(http::header::HOST, addr.to_string());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = sender.send_request(request.body(Full::<Bytes>::default())?).await?;
-    let (parts, body) = response.into_parts();
-    Ok((parts.status, parts.headers, body.collect().await?.to_bytes()))
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(USAGE, Options::parse, run).await
 }

@@ -21,7 +21,6 @@
 //!
 //! (`grpcurl` needs no `.proto` file: the gateway serves reflection.)
 
-use std::error::Error;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -30,10 +29,11 @@ use grpc_edge::demo::pb::GetOrderRequest;
 use grpc_edge::demo::pb::order_service_client::OrderServiceClient;
 use grpc_edge::demo::{DESCRIPTOR_SET, OrderDesk};
 use grpc_edge::{BuildError, Gateway, ServeOptions};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::net::TcpListener;
 
-type BoxError = Box<dyn Error + Send + Sync>;
+mod support;
+use support::{BoxError, check, http1, send};
 
 /// The gateway: the demo descriptors (REST and gRPC-Web need the message
 /// types) and the tonic server itself. No `.upstream`, no `.route`: an
@@ -45,39 +45,9 @@ pub fn gateway() -> Result<Gateway, BuildError> {
         .build()
 }
 
-/// What the command line asked for.
-pub struct Options {
-    /// Where clients connect.
-    pub listen: SocketAddr,
-    /// Make one call per protocol, print the answers, and exit.
-    pub once: bool,
-}
+pub use support::Options;
 
 const USAGE: &str = "usage: cargo run --example in_process -- [--listen ADDR] [--once]";
-
-impl Options {
-    /// Parses `--listen ADDR` and `--once`; `--once` alone listens on a free port.
-    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Self, String> {
-        let mut listen = None;
-        let mut once = false;
-        let mut args = args.into_iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--once" => once = true,
-                "--listen" => {
-                    let value = args.next().ok_or("--listen needs an address")?;
-                    listen = Some(value.parse().map_err(|e| format!("--listen {value}: {e}"))?);
-                }
-                other => return Err(format!("unknown argument {other:?}")),
-            }
-        }
-        let default = if once { "127.0.0.1:0" } else { "127.0.0.1:8080" };
-        Ok(Self {
-            listen: listen.unwrap_or_else(|| default.parse().expect("a valid default address")),
-            once,
-        })
-    }
-}
 
 /// Serves until Ctrl-C (or, with `--once`, until the self-check is done).
 pub async fn run(options: Options) -> Result<(), BoxError> {
@@ -112,7 +82,7 @@ pub async fn run(options: Options) -> Result<(), BoxError> {
 
 /// One call per protocol; every answer must come from the in-process desk.
 pub async fn self_check(addr: SocketAddr) -> Result<(), BoxError> {
-    let (status, body) = rest_get(addr, "/v1/orders/1").await?;
+    let (status, _, body) = http1(addr, "GET", "/v1/orders/1", &[]).await?;
     println!(
         "REST      GET /v1/orders/1 -> {status} {}",
         String::from_utf8_lossy(&body)
@@ -142,31 +112,6 @@ pub async fn self_check(addr: SocketAddr) -> Result<(), BoxError> {
     Ok(())
 }
 
-fn check(ok: bool, what: &str) -> Result<(), BoxError> {
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("unexpected {what}").into())
-    }
-}
-
-/// One HTTP/1.1 exchange on a fresh connection.
-async fn http1(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Result<(http::StatusCode, Bytes), BoxError> {
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
-    tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    Ok((status, response.into_body().collect().await?.to_bytes()))
-}
-
-async fn rest_get(addr: SocketAddr, path: &str) -> Result<(http::StatusCode, Bytes), BoxError> {
-    let request = http::Request::get(path)
-        .header(http::header::HOST, addr.to_string())
-        .body(Full::default())?;
-    http1(addr, request).await
-}
-
 /// A unary gRPC-Web call as a browser makes it: one length-prefixed message
 /// in, message frames and a trailer frame (flag 0x80) out.
 async fn grpc_web_unary(
@@ -183,7 +128,7 @@ async fn grpc_web_unary(
         .header(http::header::CONTENT_TYPE, "application/grpc-web+proto")
         .header("x-grpc-web", "1")
         .body(Full::new(Bytes::from(frame)))?;
-    let (_, mut body) = http1(addr, request).await?;
+    let (_, _, mut body) = send(addr, request).await?;
     let (mut reply, mut grpc_status) = (None, String::new());
     while body.len() >= 5 {
         let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
@@ -206,18 +151,5 @@ async fn grpc_web_unary(
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let options = match Options::parse(std::env::args().skip(1)) {
-        Ok(options) => options,
-        Err(e) => {
-            eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(options).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main(USAGE, Options::parse, run).await
 }

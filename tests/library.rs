@@ -7,6 +7,10 @@
 //! test below runs the example's own code — its builder calls, its router,
 //! its tower stack, its `--once` self-check — rather than a copy of it.
 
+// Each example declares the examples' shared `support` module, so this test
+// compiles it once per example: harmless, and what lets each example stand alone.
+#![allow(clippy::duplicate_mod)]
+
 mod support;
 
 #[allow(dead_code)]
