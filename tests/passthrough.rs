@@ -269,18 +269,6 @@ async fn streams_have_no_overall_timeout_only_an_idle_one() {
     assert!(status.message().contains("stream_idle_timeout"), "{}", status.message());
 }
 
-fn grpc_timeout_of(value: &str) -> Duration {
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().unwrap();
-    match unit {
-        "n" => Duration::from_nanos(n),
-        "u" => Duration::from_micros(n),
-        "m" => Duration::from_millis(n),
-        "S" => Duration::from_secs(n),
-        other => panic!("unit {other}"),
-    }
-}
-
 #[tokio::test]
 async fn a_large_unary_message_passes_intact() {
     let (_backend, gateway) = one_backend().await;

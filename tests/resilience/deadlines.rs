@@ -8,22 +8,8 @@ use tokio_stream::StreamExt;
 
 use crate::support::faults::FaultBackend;
 use crate::support::faults::raw_grpc;
-use crate::support::{EchoRequest, echo, grpc_frame};
+use crate::support::{EchoRequest, echo, grpc_frame, grpc_timeout_of};
 use crate::{edge, wait_for};
-
-fn grpc_timeout_of(value: &str) -> Duration {
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let n: u64 = digits.parse().unwrap();
-    match unit {
-        "n" => Duration::from_nanos(n),
-        "u" => Duration::from_micros(n),
-        "m" => Duration::from_millis(n),
-        "S" => Duration::from_secs(n),
-        "M" => Duration::from_secs(60 * n),
-        "H" => Duration::from_secs(3600 * n),
-        other => panic!("unit {other}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_deadline_ends_slow_calls_on_time_and_never_ejects() {

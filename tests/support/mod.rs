@@ -518,3 +518,20 @@ impl Drop for GatewayProcess {
 
 #[allow(unused_imports)]
 pub use grpc_web_client::*;
+
+/// The duration a `grpc-timeout` value says (`100m`, `4999870u`, `2S`, ...).
+pub fn grpc_timeout_of(value: &str) -> Duration {
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits
+        .parse()
+        .unwrap_or_else(|_| panic!("grpc-timeout {value:?}: not a number"));
+    match unit {
+        "n" => Duration::from_nanos(n),
+        "u" => Duration::from_micros(n),
+        "m" => Duration::from_millis(n),
+        "S" => Duration::from_secs(n),
+        "M" => Duration::from_secs(60 * n),
+        "H" => Duration::from_secs(3600 * n),
+        other => panic!("grpc-timeout {value:?}: unit {other}"),
+    }
+}
