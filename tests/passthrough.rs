@@ -241,18 +241,15 @@ async fn streams_have_no_overall_timeout_only_an_idle_one() {
     .await;
     let mut client = client(gateway.addr).await;
     // 10 messages 80 ms apart: 800 ms in all, longer than the unary timeout, never idle.
-    let messages: Vec<_> = client
-        .server_stream(EchoRequest {
+    let messages: Vec<_> = server_stream_all(
+        &mut client,
+        EchoRequest {
             repeat: 10,
             delay_ms: 80,
             ..echo("s")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     assert_eq!(messages.len(), 10);
     // One message, then silence: the idle timeout ends it with a clear status.
     let mut stream = client

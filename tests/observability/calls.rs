@@ -13,7 +13,9 @@ use tokio_stream::StreamExt;
 use crate::exposition::{Exposition, Labels};
 use crate::support::faults::{Edge, FaultBackend, raw_grpc};
 use crate::support::rest_client::{self, post_json};
-use crate::support::{EchoRequest, Transport, WebClient, WebEncoding, config_yaml, echo, grpc_frame};
+use crate::support::{
+    EchoRequest, Transport, WebClient, WebEncoding, config_yaml, echo, grpc_frame, server_stream_all,
+};
 use crate::{ECHO, scrape, scrape_open_metrics, scrape_until};
 
 /// What the test knows about a call's labels: (protocol, grpc_type, service, method).
@@ -861,14 +863,7 @@ async fn metrics_off_leaves_call_families_at_zero_while_upstream_families_report
         })
         .await
         .expect_err("expected NOT_FOUND");
-    let messages: Vec<_> = client
-        .server_stream(EchoRequest { repeat: 2, ..echo("s") })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let messages: Vec<_> = server_stream_all(&mut client, EchoRequest { repeat: 2, ..echo("s") }).await;
     assert_eq!(messages.len(), 2);
     let mut web = WebClient::connect(edge.addr, Transport::Http1, WebEncoding::Binary).await;
     assert_eq!(web.unary(echo("w")).await.grpc_status().as_deref(), Some("0"));

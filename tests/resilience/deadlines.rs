@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 
 use crate::support::faults::FaultBackend;
 use crate::support::faults::raw_grpc;
-use crate::support::{EchoRequest, echo, grpc_frame, grpc_timeout_of};
+use crate::support::{EchoRequest, echo, grpc_frame, grpc_timeout_of, server_stream_all};
 use crate::{edge, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,18 +82,15 @@ async fn a_long_stream_completes_and_an_idle_one_ends_at_the_idle_timeout() {
     let edge = edge(&[&backend], "", "timeout: 200ms\nstream_idle_timeout: 300ms").await;
     let mut client = edge.client().await;
     let started = Instant::now();
-    let messages: Vec<_> = client
-        .server_stream(EchoRequest {
+    let messages: Vec<_> = server_stream_all(
+        &mut client,
+        EchoRequest {
             repeat: 20,
             delay_ms: 100,
             ..echo("long")
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+        },
+    )
+    .await;
     let took = started.elapsed();
     assert_eq!(messages.len(), 20);
     assert!(took >= Duration::from_secs(2), "took {took:?}");

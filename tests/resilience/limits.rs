@@ -12,7 +12,7 @@ use crate::support::faults::raw_grpc;
 use crate::support::faults::{FaultBackend, FaultOptions, Load, LoadOptions, percentile};
 use crate::support::raw_backend::RawBackend;
 use crate::support::rest_client;
-use crate::support::{EchoRequest, client, echo, grpc_frame, root};
+use crate::support::{EchoRequest, client, echo, grpc_frame, root, server_stream_all};
 use crate::{edge, wait_for};
 
 const UNARY: &str = "/testing.v1.Echo/Unary";
@@ -51,14 +51,7 @@ async fn max_requests_zero_refuses_every_unary_call_at_once() {
         assert_eq!(status.metadata().get("grpc-edge-overloaded").unwrap(), "max_requests");
     }
     // Streams are counted apart, so they still flow.
-    let messages: Vec<_> = client
-        .server_stream(EchoRequest { repeat: 2, ..echo("s") })
-        .await
-        .unwrap()
-        .into_inner()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-        .unwrap();
+    let messages: Vec<_> = server_stream_all(&mut client, EchoRequest { repeat: 2, ..echo("s") }).await;
     assert_eq!(messages.len(), 2);
 
     assert_eq!(backend.calls(), 1, "only the stream reached the backend");

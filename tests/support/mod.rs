@@ -535,3 +535,17 @@ pub fn grpc_timeout_of(value: &str) -> Duration {
         other => panic!("grpc-timeout {value:?}: unit {other}"),
     }
 }
+
+/// Makes a server-streaming call and collects every message (panics on a failed call).
+pub async fn server_stream_all(client: &mut EchoClient<Channel>, request: EchoRequest) -> Vec<pb::EchoResponse> {
+    use tokio_stream::StreamExt as _;
+    let stream = client
+        .server_stream(request)
+        .await
+        .expect("expected the stream to start")
+        .into_inner();
+    stream
+        .collect::<Result<Vec<_>, _>>()
+        .await
+        .expect("expected every message")
+}
