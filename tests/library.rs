@@ -13,6 +13,8 @@
 
 mod support;
 
+use support::served::Served;
+
 #[allow(dead_code)]
 #[path = "../examples/custom_stack.rs"]
 mod custom_stack;
@@ -43,71 +45,6 @@ use tower::ServiceExt;
 
 // ---------------------------------------------------------------------------
 // Fixtures.
-
-/// Something serving on a loopback port until dropped or stopped.
-struct Served {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Served {
-    /// Serves an axum app the way `examples/embed_axum.rs` does (with `ConnectInfo`).
-    async fn axum(app: Router) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Served {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Serves a gateway on its own listener (`grpc_edge::serve`).
-    async fn gateway(gateway: Gateway) -> Served {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(grpc_edge::serve(
-            gateway,
-            listener,
-            async {
-                let _ = stopped.await;
-            },
-            grpc_edge::ServeOptions::default(),
-        ));
-        Served {
-            addr,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("the server did not stop")
-            .unwrap();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// The demo backends and the gateway of `examples/embed_axum.rs`.
 async fn embed_axum_setup() -> (Vec<grpc_edge::demo::Backend>, Gateway) {

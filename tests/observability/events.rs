@@ -28,6 +28,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use crate::access_log::{self, AccessLine, TARGET};
 use crate::support::certs::{Ca, CertDir, client_config, tls_connect};
 use crate::support::faults::{FaultBackend, wait_until};
+use crate::support::served::Served;
 use crate::support::{EchoResponse, echo, grpc_frame, rest_client};
 
 /// An access event as the layer saw it.
@@ -155,38 +156,10 @@ fn access_line(event: &Event) -> AccessLine {
 }
 
 /// The gateway for `yaml`, merged into a host's axum app on a loopback port.
-struct Embedded {
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Embedded {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn embed(yaml: &str) -> Embedded {
+async fn embed(yaml: &str) -> Served {
     let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
     let gateway = Gateway::from_config(config).expect("expected the gateway to build");
-    let app = Router::new().merge(gateway.router());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    Embedded {
-        addr,
-        _stop: stop,
-        task,
-    }
+    Served::axum(Router::new().merge(gateway.router())).await
 }
 
 #[tokio::test]

@@ -14,6 +14,7 @@ pub mod gateway_logs;
 pub mod grpc_web_client;
 pub mod raw_backend;
 pub mod rest_client;
+pub mod served;
 
 use std::collections::HashMap as BTreeMap;
 use std::io::{BufRead, BufReader};
