@@ -32,14 +32,8 @@ impl TraceContext {
 /// Continues (or, when `start_new` allows, starts) the trace of a request and
 /// rewrites its `traceparent` for the upstream. `None` when there is no trace.
 pub(crate) fn propagate(headers: &mut HeaderMap, start_new: Option<f64>) -> Option<TraceContext> {
-    let incoming = headers.get(TRACEPARENT).and_then(|v| parse(v.as_bytes()));
-    let context = match (incoming, start_new) {
-        (Some((trace_id, parent_id, sampled)), _) => TraceContext {
-            trace_id,
-            parent_id: Some(parent_id),
-            span_id: random_id(),
-            sampled,
-        },
+    let context = match (continued(headers), start_new) {
+        (Some(context), _) => context,
         (None, Some(ratio)) => TraceContext {
             trace_id: random_trace_id(),
             parent_id: None,
