@@ -20,6 +20,9 @@ use super::Telemetry;
 use super::metrics::{MethodHandles, Protocol};
 use crate::status::{Code, Status};
 
+/// The longest request path an access log line carries, in bytes.
+const MAX_LOGGED_PATH: usize = 512;
+
 /// The upstream that served a call, put in the response extensions by the upstream side.
 #[derive(Clone, Debug)]
 pub(crate) struct Served {
@@ -37,7 +40,8 @@ struct State {
     client: Option<SocketAddr>,
     peer: Option<String>,
     trace: Option<super::trace::TraceContext>,
-    wall_start: std::time::SystemTime,
+    /// The wall-clock start, read only for a call whose span is exported.
+    wall_start: Option<std::time::SystemTime>,
     streaming: bool,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -74,6 +78,7 @@ impl CallRecord {
         }
         telemetry.in_flight.fetch_add(1, Ordering::Relaxed);
         let logging = telemetry.access_log.enabled;
+        let exported = telemetry.exporter.is_some() && start.trace.is_some_and(|t| t.sampled);
         Self {
             state: Arc::new(State {
                 telemetry: telemetry.clone(),
@@ -81,15 +86,16 @@ impl CallRecord {
                 protocol: start.protocol,
                 started: Instant::now(),
                 http_method: start.http_method.clone(),
+                // At most 512 bytes of a hostile path go into the log.
                 path: if logging {
-                    start.http_path.chars().take(512).collect()
+                    start.http_path[..start.http_path.floor_char_boundary(MAX_LOGGED_PATH)].to_owned()
                 } else {
                     String::new()
                 },
                 client: start.client,
                 peer: start.peer.map(str::to_owned),
                 trace: start.trace,
-                wall_start: std::time::SystemTime::now(),
+                wall_start: exported.then(std::time::SystemTime::now),
                 streaming: start.streaming,
                 bytes_in: AtomicU64::new(0),
                 bytes_out: AtomicU64::new(0),
@@ -204,7 +210,7 @@ impl State {
 impl State {
     /// The call's server span, when its trace is exported.
     fn export_span(&self, code: Code, message: &str) {
-        let (Some(exporter), Some(trace)) = (&self.telemetry.exporter, self.trace) else {
+        let (Some(exporter), Some(trace), Some(start)) = (&self.telemetry.exporter, self.trace, self.wall_start) else {
             return;
         };
         if !trace.sampled {
@@ -217,7 +223,7 @@ impl State {
             parent_id: trace.parent_id,
             name: format!("{}/{}", self.handles.service, self.handles.method),
             kind: super::otlp::SpanKind::Server,
-            start: self.wall_start,
+            start,
             end: std::time::SystemTime::now(),
             attributes: vec![
                 ("rpc.system", value("grpc")),
