@@ -22,7 +22,7 @@ use tokio::time::{Instant, Sleep};
 use super::clock::Clock;
 use super::endpoint::Endpoint;
 use super::limits::Admitted;
-use super::pool::Slot;
+use super::pool::{ConnectionEnd, Slot};
 use crate::body::{Body, BoxError};
 use crate::status::{Code, Status};
 
@@ -63,6 +63,8 @@ pub(crate) struct CallGuard {
     admitted: Option<Admitted>,
     /// The gRPC code the call ended with, once known.
     code: Option<Code>,
+    /// The call failed because its connection was lost.
+    connection_lost: bool,
 }
 
 impl CallGuard {
@@ -76,6 +78,7 @@ impl CallGuard {
             client_deadline,
             admitted: None,
             code: None,
+            connection_lost: false,
         }
     }
 
@@ -87,6 +90,12 @@ impl CallGuard {
     pub(crate) fn finish_with(&mut self, code: Code) {
         self.outcome = Outcome::of_code(code, self.client_deadline);
         self.code = Some(code);
+    }
+
+    /// Notes that the call failed because its connection was lost: if the
+    /// backend closed it for our traffic's sake, that is not held against it.
+    pub(crate) fn mark_connection_lost(&mut self) {
+        self.connection_lost = true;
     }
 
     /// Records the code of a status the gateway made for this call.
@@ -110,6 +119,12 @@ impl CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
+        if self.outcome == Outcome::Failure
+            && self.connection_lost
+            && self.slot.connection_end() == Some(ConnectionEnd::RefusedOurTraffic)
+        {
+            self.outcome = Outcome::Neutral;
+        }
         self.endpoint.count_code(self.code.unwrap_or(Code::Cancelled));
         self.endpoint.end_call(self.outcome, self.probe);
     }
@@ -517,6 +532,7 @@ impl UpstreamBody {
         let (status, outcome) = status_for_stream_error(error, &target);
         if error.is_go_away() || error.is_io() {
             self.guard.slot().retire_connection();
+            self.guard.mark_connection_lost();
         }
         self.fail(status, outcome)
     }
@@ -575,7 +591,11 @@ pub(crate) fn status_for_stream_error(error: &h2::Error, target: &str) -> (Statu
         && (error.is_reset() || error.is_go_away())
     {
         let code = match reason {
-            // A graceful GOAWAY that cut this stream: the backend went away.
+            // A backend's GOAWAY reaches a stream as an error only when the
+            // stream is above its last stream id: never processed, so the
+            // client may safely try again, whatever the GOAWAY's reason.
+            _ if error.is_go_away() && error.is_remote() => Code::Unavailable,
+            // Our own GOAWAY that cut this stream.
             h2::Reason::NO_ERROR if error.is_go_away() => Code::Unavailable,
             reason => Code::from_h2_reason(reason),
         };

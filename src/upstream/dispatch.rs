@@ -20,7 +20,7 @@ use super::call::{
 };
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
-use super::pool::PoolError;
+use super::pool::{ConnectionEnd, PoolError};
 use super::retry::{Pushback, pushback};
 use super::{CallOptions, Cluster, UpstreamBody};
 use crate::body::Body;
@@ -29,6 +29,10 @@ use crate::telemetry::{AttemptSpan, AttemptTracer};
 
 /// Most tries of one call when connecting fails or its stream is refused.
 const MAX_TRANSPARENT_ATTEMPTS: usize = 5;
+
+/// How long a call that lost its connection waits to learn why it was lost
+/// (the connection's task records it at once; this only bounds a stall).
+const CONNECTION_END_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl Cluster {
     /// Makes one call and returns the response as soon as its headers arrive
@@ -193,10 +197,27 @@ impl Cluster {
                 Ok(Err(error)) => {
                     let unprocessed =
                         error.reason() == Some(h2::Reason::REFUSED_STREAM) || (error.is_go_away() && error.is_remote());
+                    let (mut status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
                     if error.is_go_away() || error.is_io() {
                         guard.slot().retire_connection();
+                        guard.mark_connection_lost();
+                        // The connection's task records why it ended a moment
+                        // after its streams fail; the client should hear why.
+                        if !unprocessed
+                            && guard.slot().wait_for_connection_end(CONNECTION_END_WAIT).await
+                                == Some(ConnectionEnd::RefusedOurTraffic)
+                        {
+                            status = Status::new(
+                                Code::Unavailable,
+                                format!(
+                                    "upstream {} closed the connection with ENHANCE_YOUR_CALM (it judged the \
+                                     traffic on it abusive, typically many calls cancelled while it stalled); \
+                                     the call was lost with it",
+                                    guard.endpoint().target
+                                ),
+                            );
+                        }
                     }
-                    let (status, outcome) = status_for_stream_error(&error, &guard.endpoint().target);
                     end_span(span, &guard.endpoint().target, Some(&status));
                     if unprocessed && replay.as_ref().is_some_and(Replay::is_available) {
                         // The backend never processed it: safe to send elsewhere.

@@ -17,7 +17,7 @@
 
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -334,6 +334,19 @@ async fn timeout_at_instant<F: std::future::Future>(until: Instant, future: F) -
     }
 }
 
+/// How a connection ended, for the calls that were lost with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnectionEnd {
+    /// The server closed it with `GOAWAY(ENHANCE_YOUR_CALM)`: it judged the
+    /// traffic on it abusive. A backend that was frozen for a moment (a GC
+    /// pause, CPU throttling) and then reads a burst of streams that the
+    /// gateway already cancelled for its clients says exactly this; it is a
+    /// verdict on the gateway's traffic, not a failure of the backend.
+    RefusedOurTraffic,
+    /// Anything else: closed, reset, broken, or retired.
+    Other,
+}
+
 /// One HTTP/2 connection to the endpoint.
 pub(crate) struct Conn {
     pub(crate) id: u64,
@@ -350,6 +363,9 @@ pub(crate) struct Conn {
     last_active_nanos: AtomicU64,
     /// What its TLS handshake used (generation 0: plaintext).
     tls: Handshake,
+    /// How it ended, once it has; `ended` wakes those waiting to know.
+    end: OnceLock<ConnectionEnd>,
+    ended: Notify,
 }
 
 impl Conn {
@@ -374,6 +390,8 @@ impl Conn {
             retire_at: Instant::now() + age,
             last_active_nanos: AtomicU64::new(clock.now_nanos()),
             tls,
+            end: OnceLock::new(),
+            ended: Notify::new(),
         }
     }
 
@@ -417,6 +435,23 @@ impl Slot {
     /// Takes this connection out of the pool (it received GOAWAY or failed).
     pub(crate) fn retire_connection(&self) {
         self.pool.retire(&self.conn);
+    }
+
+    /// How the connection ended, if it has.
+    pub(crate) fn connection_end(&self) -> Option<ConnectionEnd> {
+        self.conn.end.get().copied()
+    }
+
+    /// How the connection ended, waiting at most `limit` for it to end. A
+    /// call sees its stream fail a moment before the connection's task
+    /// records why, so a call that lost its connection asks here.
+    pub(crate) async fn wait_for_connection_end(&self, limit: Duration) -> Option<ConnectionEnd> {
+        let ended = self.conn.ended.notified();
+        if let Some(end) = self.connection_end() {
+            return Some(end);
+        }
+        let _ = timeout(limit, ended).await;
+        self.connection_end()
     }
 }
 
@@ -499,12 +534,18 @@ async fn drive(
     // the old one) is retired at a random moment within the drain window —
     // at once if the old certificate is about to expire.
     let mut rotation_deadline: Option<Instant> = None;
+    let mut end = ConnectionEnd::Other;
     let reason: String = loop {
         tokio::select! {
             result = &mut connection => {
                 break match result {
                     Ok(()) => "closed by the server".into(),
-                    Err(e) => format!("connection error: {e}"),
+                    Err(e) => {
+                        if e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                            end = ConnectionEnd::RefusedOurTraffic;
+                        }
+                        format!("connection error: {e}")
+                    }
                 };
             }
             _ = &mut retire_at, if !conn.is_draining() => {
@@ -569,10 +610,22 @@ async fn drive(
             }
         }
     };
+    let _ = conn.end.set(end);
+    conn.ended.notify_waiters();
     if let Some(pool) = pool.upgrade() {
         conn.draining.store(true, Ordering::Release);
         pool.forget(&conn);
-        tracing::debug!(target = %pool.target, conn = conn.id, %reason, "upstream connection closed");
+        if end == ConnectionEnd::RefusedOurTraffic {
+            tracing::warn!(
+                target = %pool.target,
+                conn = conn.id,
+                "upstream closed the connection with ENHANCE_YOUR_CALM: it judged the traffic abusive, typically \
+                 because it saw many streams cancelled before it accepted them (the backend stalled while clients \
+                 cancelled or their deadlines ran out); the calls lost with it are not counted against the endpoint"
+            );
+        } else {
+            tracing::debug!(target = %pool.target, conn = conn.id, %reason, "upstream connection closed");
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! Connections to backends: a backend leaving gracefully (GOAWAY) under load
-//! costs no call, and a backend's small MAX_CONCURRENT_STREAMS opens a few
-//! more connections, never more than the pool allows.
+//! costs no call, a backend's small MAX_CONCURRENT_STREAMS opens a few
+//! more connections, never more than the pool allows, and a backend that
+//! closes a connection over the gateway's cancels is not blamed for it.
 
 use std::time::{Duration, Instant};
 
-use crate::support::faults::{Edge, FaultBackend, FaultOptions, Load, LoadOptions, RefusingBackend};
-use crate::support::{EchoRequest, config_yaml, echo};
+use crate::support::faults::{
+    Edge, FaultBackend, FaultOptions, Load, LoadOptions, RefusingBackend, StallingBackend, raw_grpc,
+};
+use crate::support::{EchoRequest, config_yaml, echo, grpc_frame};
 use crate::{edge, fast_outlier, three, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,4 +133,78 @@ async fn a_stream_refused_by_goaway_is_sent_to_another_endpoint() {
     assert_eq!(good.calls(), 20);
     let seen = edge.endpoint_at(refusing.addr).unwrap();
     assert_eq!((seen.failures, seen.total_ejections), (0, 0), "{seen:#?}");
+}
+
+/// A backend frozen for a moment (a GC pause, CPU throttling) reads, when it
+/// thaws, every request the gateway sent meanwhile and every cancel the
+/// gateway relayed after them (here: client deadlines running out). Its h2
+/// server then counts more streams reset before it accepted them than it
+/// allows, and closes the connection with `GOAWAY(ENHANCE_YOUR_CALM)`.
+/// That is a verdict on the gateway's traffic, not a failure of the backend:
+/// the calls lost with the connection fail UNAVAILABLE saying why, the
+/// endpoint is not ejected, and the next calls go to it on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_refusing_our_cancels_is_not_ejected_for_it() {
+    let backend = StallingBackend::start(5).await;
+    let edge = Edge::start(&config_yaml(&[backend.addr], &fast_outlier(""), "")).await;
+    let client = edge.client().await;
+    client.clone().unary(echo("warm-up")).await.unwrap();
+    backend.stall();
+    // The backend accepts one more stream, then freezes: its answer waits.
+    let first = tokio::spawn({
+        let mut client = client.clone();
+        async move { client.unary(echo("first")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Six calls with no deadline, which will be lost with the connection:
+    // one more than `consecutive_failures`.
+    let lost: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.unary(echo("lost")).await })
+        })
+        .collect();
+    // Ten whose 50 ms deadline runs out at the gateway, which cancels them
+    // upstream: ten streams reset before the frozen backend accepted them.
+    let headers = [
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        ("grpc-timeout", "50m"),
+    ];
+    let mut expiring = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let addr = edge.addr;
+        expiring
+            .spawn(async move { raw_grpc(addr, "/testing.v1.Echo/Unary", &headers, grpc_frame(&echo("late"))).await });
+    }
+    while let Some(response) = expiring.join_next().await {
+        let response = response.unwrap();
+        assert_eq!(response.grpc_status().as_deref(), Some("4"), "{response:?}");
+    }
+    backend.thaw();
+    let _ = first.await.unwrap();
+    let mut messages = Vec::new();
+    for call in lost {
+        match call.await.unwrap() {
+            Ok(_) => panic!("a call the frozen backend held survived its GOAWAY(ENHANCE_YOUR_CALM)"),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                messages.push(status.message().to_string());
+            }
+        }
+    }
+    assert!(
+        messages.iter().all(|m| m.contains("ENHANCE_YOUR_CALM")),
+        "the client is not told why: {messages:#?}"
+    );
+    // Not held against the backend, which takes the next calls on a new connection.
+    let mut client = client.clone();
+    for _ in 0..20 {
+        client.unary(echo("after")).await.unwrap();
+    }
+    assert!(backend.connections() >= 2, "{} connections", backend.connections());
+    let seen = edge.endpoint_at(backend.addr).unwrap();
+    assert_eq!((seen.failures, seen.total_ejections), (0, 0), "{seen:#?}");
+    assert_eq!(seen.state, "healthy", "{seen:#?}");
+    println!("lost calls were told: {}", messages[0]);
 }

@@ -18,7 +18,8 @@
 //!
 //! Beside the backend: `edge` (the gateway with its admin listener, a DNS
 //! resolver the test controls, a raw HTTP/2 client), `load` (a bounded load
-//! generator) and `refusing` (a backend that refuses every stream with GOAWAY).
+//! generator), `refusing` (a backend that refuses every stream with GOAWAY)
+//! and `stalling` (a backend whose event loop freezes and thaws).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ use super::{EchoResponse, EchoService, Seen};
 mod edge;
 mod load;
 mod refusing;
+mod stalling;
 
 // Each test crate uses some of these.
 #[allow(unused_imports)]
@@ -51,6 +53,8 @@ pub use edge::{Edge, FakeResolver, raw_grpc, wait_until};
 pub use load::{Load, LoadDetail, LoadOptions, LoadStats, percentile};
 #[allow(unused_imports)]
 pub use refusing::RefusingBackend;
+#[allow(unused_imports)]
+pub use stalling::StallingBackend;
 
 /// The health service path the gateway checks.
 const HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
