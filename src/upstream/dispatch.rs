@@ -282,6 +282,18 @@ impl Cluster {
             // Every endpoint is backing off after connect failures: try one
             // anyway rather than fail without trying.
             .or_else(|| self.balancer.pick(&endpoints, now, |e| untried(e) && e.in_service(now)))
+            // Every endpoint that health checks leave in service is ejected
+            // (a one-endpoint upstream, or `max_ejection_percent: 100`): use
+            // them anyway, as Envoy's panic mode does, rather than fail every
+            // call until an ejection ends. They stay ejected, and are readmitted
+            // by their probe as usual.
+            .or_else(|| {
+                if endpoints.iter().any(|e| e.in_service(now)) {
+                    return None;
+                }
+                self.balancer
+                    .pick(&endpoints, now, |e| untried(e) && e.in_service_if_ejections_ignored())
+            })
             .map(|e| (e.clone(), false))
     }
 

@@ -91,9 +91,12 @@ impl Endpoint {
 
     /// Whether normal calls may be sent here now (probes are chosen separately).
     pub(crate) fn in_service(&self, now: u64) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.health() != Health::Unhealthy
-            && self.outlier.standing(now) == Standing::InService
+        self.in_service_if_ejections_ignored() && self.outlier.standing(now) == Standing::InService
+    }
+
+    /// Whether it would be in service were it not ejected.
+    pub(crate) fn in_service_if_ejections_ignored(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && self.health() != Health::Unhealthy
     }
 
     /// Whether this endpoint's single probe call is due and may be claimed.

@@ -14,10 +14,12 @@
 //! gets exactly one probe call: success readmits it (with a short slow start
 //! in the balancer's cost), failure ejects it again for longer. No more than
 //! `max_ejection_percent` of the endpoints are ejected at once, and one
-//! always may be, so a cluster never goes dark because of ejections. While
-//! active health checks hold endpoints out, an ejection must also leave at
-//! least one endpoint that is neither ejected nor unhealthy: together the two
-//! mechanisms may not take the last endpoint in service away.
+//! always may be. While active health checks hold endpoints out, an ejection
+//! must also leave at least one endpoint that is neither ejected nor
+//! unhealthy: together the two mechanisms may not take the last endpoint in
+//! service away. Where every endpoint is ejected all the same (an upstream
+//! with one endpoint), the picker sends calls to them anyway (see
+//! `dispatch`), so ejections alone never take a cluster dark.
 //!
 //! All state is atomics read on the hot path; only the reason text takes a
 //! lock, when an ejection happens.

@@ -1,13 +1,14 @@
 //! Outlier detection: a failing backend is ejected (by a run of failures, by
 //! its failure rate in one interval, or by errors that only arrive in
 //! trailers), stays out for longer each time it fails its probe, comes back
-//! after one successful probe, and never takes the whole cluster with it.
+//! after one successful probe, and never takes the whole cluster with it:
+//! when every endpoint is ejected, calls still go to them.
 
 use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 
-use crate::support::faults::{Load, LoadOptions};
+use crate::support::faults::{FaultBackend, Load, LoadOptions};
 use crate::support::{EchoRequest, echo};
 use crate::{edge, fast_outlier, three, wait_for};
 
@@ -336,4 +337,37 @@ async fn when_every_backend_fails_the_cluster_never_goes_dark() {
     for _ in 0..300 {
         client.unary(echo("after")).await.unwrap();
     }
+}
+
+/// With one endpoint, an ejection leaves nowhere else to send calls. Failing
+/// every call for the ejection's 30 s, long after the backend recovered,
+/// would turn five failures into an outage; like Envoy's panic mode, the
+/// gateway keeps sending calls to the ejected endpoint while nothing else is
+/// in service, and it shows as ejected until its probe readmits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_ejected_backend_still_gets_calls_and_recovers_at_once() {
+    let backend = FaultBackend::start("only").await;
+    backend.fail(100, 14);
+    let edge = edge(&[&backend], &fast_outlier("base_ejection_time: 30s"), "").await;
+    let mut client = edge.client().await;
+    for _ in 0..5 {
+        let status = client.unary(echo("x")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+    assert_eq!(edge.state(&backend), "ejected");
+    // Still failing: calls reach it and carry its own answer, not the gateway's.
+    let before = backend.calls();
+    for _ in 0..5 {
+        let status = client.unary(echo("x")).await.unwrap_err();
+        assert!(!status.message().contains("no endpoint"), "{status:?}");
+    }
+    assert_eq!(backend.calls() - before, 5);
+    // Recovered: the next call succeeds, 30 s before the ejection ends.
+    backend.heal();
+    for _ in 0..20 {
+        client.unary(echo("after")).await.unwrap();
+    }
+    let seen = edge.endpoint(&backend);
+    assert_eq!(seen.state, "ejected", "{seen:#?}");
+    assert_eq!(seen.total_ejections, 1, "{seen:#?}");
 }
