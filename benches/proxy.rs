@@ -25,8 +25,10 @@
 //! - `grpc-edge-web`, `grpc-edge-rest`, `grpc-edge-rest-body`: grpc-edge with
 //!   the same GetOrder call made as gRPC-Web (binary), as REST
 //!   `GET /v1/orders/1` (path variable, JSON answer), plus a REST call with
-//!   a JSON request body (`POST /v1/orders`, CreateOrder: the same Order
-//!   message back), so each front end's cost shows as a ratio to native gRPC;
+//!   a path variable and a JSON request body (`PATCH /v1/orders/2`,
+//!   UpdateOrder, setting the values the order already has, so every run
+//!   sees the same data; an Order like GetOrder's comes back), so each front
+//!   end's cost shows as a ratio to native gRPC;
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
 //!   when they are installed; skipped otherwise.
 //!
@@ -293,9 +295,9 @@ enum Target {
     GrpcEdgeWeb,
     /// grpc-edge, the same call as REST: `GET /v1/orders/1` (a path variable).
     GrpcEdgeRest,
-    /// grpc-edge, a REST call with a JSON body: `POST /v1/orders`
-    /// `{"item":"book","quantity":2}` (CreateOrder, answered with an Order
-    /// like GetOrder's).
+    /// grpc-edge, a REST call with a path variable and a JSON body:
+    /// `PATCH /v1/orders/2` `{"item":"grinder","quantity":1}` (UpdateOrder,
+    /// answered with an Order like GetOrder's).
     GrpcEdgeRestBody,
     Haproxy,
     Nginx,
@@ -307,7 +309,7 @@ enum Protocol {
     Grpc,
     GrpcWeb,
     RestGet,
-    RestPost,
+    RestPatch,
 }
 
 impl Target {
@@ -343,7 +345,7 @@ impl Target {
         match self {
             Target::GrpcEdgeWeb => Protocol::GrpcWeb,
             Target::GrpcEdgeRest => Protocol::RestGet,
-            Target::GrpcEdgeRestBody => Protocol::RestPost,
+            Target::GrpcEdgeRestBody => Protocol::RestPatch,
             _ => Protocol::Grpc,
         }
     }
@@ -865,13 +867,13 @@ impl CallSpec {
                 (http::Method::POST, grpc_path, Bytes::from(frame))
             }
             Protocol::RestGet => (http::Method::GET, format!("http://{addr}/v1/orders/1"), Bytes::new()),
-            Protocol::RestPost => {
+            Protocol::RestPatch => {
                 headers.insert("content-type", "application/json".parse().unwrap());
-                let uri = format!("http://{addr}/v1/orders");
+                let uri = format!("http://{addr}/v1/orders/2");
                 (
-                    http::Method::POST,
+                    http::Method::PATCH,
                     uri,
-                    Bytes::from_static(br#"{"item":"book","quantity":2}"#),
+                    Bytes::from_static(br#"{"item":"grinder","quantity":1}"#),
                 )
             }
         };
@@ -1498,7 +1500,7 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         ratio(get(Target::GrpcEdgeRest, |s| s.cpu_us_per_call), edge_cpu)
     );
     println!(
-        "REST POST CPU/call ÷ native gRPC CPU/call (both through grpc-edge): {}",
+        "REST PATCH CPU/call ÷ native gRPC CPU/call (both through grpc-edge): {}",
         ratio(get(Target::GrpcEdgeRestBody, |s| s.cpu_us_per_call), edge_cpu)
     );
 }

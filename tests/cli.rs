@@ -37,11 +37,11 @@ fn check_accepts_the_default_config_and_prints_the_routes() {
 fn routes_prints_every_method() {
     let (code, stdout, _) = grpc_edge(&["routes"]);
     assert_eq!(code, 0);
-    // Six REST bindings (Chat has no annotation: POST /pkg.Service/Method) and six gRPC paths.
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("gRPC")).count(), 6, "{stdout}");
-    assert_eq!(stdout.lines().filter(|l| !l.starts_with("gRPC")).count(), 6, "{stdout}");
+    // Seven REST bindings (Chat has no annotation: POST /pkg.Service/Method) and seven gRPC paths.
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("gRPC")).count(), 7, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| !l.starts_with("gRPC")).count(), 7, "{stdout}");
     assert!(
-        stdout.contains("GET   /v1/{name=orders/*}:watch           →  demo.v1.OrderService/WatchOrder"),
+        stdout.contains("GET    /v1/{name=orders/*}:watch           →  demo.v1.OrderService/WatchOrder"),
         "{stdout}"
     );
 }

@@ -367,7 +367,7 @@ async fn in_process_service_answers_rest_grpc_web_and_grpc_with_no_backend_liste
         .iter()
         .filter(|(path, _, _)| path.starts_with("/demo.v1.OrderService/"))
         .collect();
-    assert_eq!(orders.len(), 6, "{routes:?}");
+    assert_eq!(orders.len(), 7, "{routes:?}");
     assert!(
         orders
             .iter()
@@ -381,6 +381,28 @@ async fn in_process_service_answers_rest_grpc_web_and_grpc_with_no_backend_liste
     let order = rest_get(a, "/v1/orders/1").await;
     assert_eq!(order.status, 200, "{}", order.text());
     assert_eq!(order.json()["servedBy"], "in-process");
+    // A path variable inside the body's message: the path says which order.
+    let json = [("content-type", "application/json")];
+    let patched = rest::request(a, "PATCH", "/v1/orders/2", &json, r#"{"quantity":5}"#).await;
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    assert_eq!(
+        (
+            &patched.json()["name"],
+            &patched.json()["item"],
+            &patched.json()["quantity"]
+        ),
+        (&"orders/2".into(), &"grinder".into(), &5.into())
+    );
+    assert_eq!(rest_get(a, "/v1/orders/2").await.json()["quantity"], 5);
+    let masked = rest::request(a, "PATCH", "/v1/orders/2?updateMask=item", &json, r#"{"quantity":9}"#).await;
+    assert_eq!(masked.status, 400, "{}", masked.text());
+    assert!(
+        masked.json()["message"].as_str().unwrap().contains("order.item"),
+        "{}",
+        masked.text()
+    );
+    let missing = rest::request(a, "PATCH", "/v1/orders/404", &json, r#"{"quantity":1}"#).await;
+    assert_eq!(missing.status, 404, "{}", missing.text());
     let events = rest_get(a, "/v1/orders/1:watch?intervalMs=5").await;
     assert_eq!(events.status, 200, "{}", events.text());
     let lines: Vec<_> = events.text().lines().map(str::to_owned).collect();

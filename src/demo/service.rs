@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::pb::order_service_server::{OrderService, OrderServiceServer};
 use super::pb::{
     ChatMessage, CreateOrderRequest, GetOrderRequest, ImportOrdersResponse, ListOrdersRequest, ListOrdersResponse,
-    Order, OrderEvent, OrderState, WatchOrderRequest,
+    Order, OrderEvent, OrderState, UpdateOrderRequest, WatchOrderRequest,
 };
 
 /// An in-memory order book that signs every answer with its replica name.
@@ -128,6 +128,40 @@ impl OrderService for OrderDesk {
         order.quantity = order.quantity.max(1);
         order.create_time = Some(SystemTime::now().into());
         orders.insert(order.name.clone(), order.clone());
+        order.served_by = self.replica.to_string();
+        Ok(Response::new(order))
+    }
+
+    async fn update_order(&self, request: Request<UpdateOrderRequest>) -> Result<Response<Order>, Status> {
+        faults(request.metadata()).await?;
+        let request = request.into_inner();
+        let change = request.order.unwrap_or_default();
+        let paths = request.update_mask.map(|mask| mask.paths).unwrap_or_default();
+        if let Some(unknown) = paths.iter().find(|p| !matches!(p.as_str(), "item" | "quantity")) {
+            return Err(Status::invalid_argument(format!(
+                "update_mask: \"{unknown}\" cannot be changed (only item and quantity)"
+            )));
+        }
+        let named = |field: &str| paths.iter().any(|p| p == field);
+        let (item, quantity) = if paths.is_empty() {
+            (!change.item.is_empty(), change.quantity != 0)
+        } else {
+            (named("item"), named("quantity"))
+        };
+        if item && change.item.trim().is_empty() {
+            return Err(Status::invalid_argument("order.item must not be empty"));
+        }
+        let mut orders = self.orders()?;
+        let order = orders
+            .get_mut(&change.name)
+            .ok_or_else(|| Status::not_found(format!("no order named \"{}\"", change.name)))?;
+        if item {
+            order.item = change.item;
+        }
+        if quantity {
+            order.quantity = change.quantity.max(1);
+        }
+        let mut order = order.clone();
         order.served_by = self.replica.to_string();
         Ok(Response::new(order))
     }

@@ -56,7 +56,7 @@ fn the_same_file_twice_is_taken_once() {
     let mut builder = PoolBuilder::new();
     builder.add_file_descriptor_set(demo_set(), "a").unwrap();
     builder.add_file_descriptor_set(demo_set(), "b").unwrap();
-    assert_eq!(builder.build().unwrap().registry().len(), 6);
+    assert_eq!(builder.build().unwrap().registry().len(), 7);
 }
 
 #[test]

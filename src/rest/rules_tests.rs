@@ -292,6 +292,7 @@ fn the_demo_service() {
             "POST /v1/orders:import -> demo.v1.OrderService/ImportOrders",
             "GET /v1/{name=orders/*} -> demo.v1.OrderService/GetOrder",
             "GET /v1/{name=orders/*}:watch -> demo.v1.OrderService/WatchOrder",
+            "PATCH /v1/{order.name=orders/*} -> demo.v1.OrderService/UpdateOrder",
         ]
     );
     let name = |v: &str| vec![("name".to_string(), v.to_string())];
@@ -300,6 +301,12 @@ fn the_demo_service() {
         ("GET", "/v1/orders/42:watch", "WatchOrder", name("orders/42")),
         ("GET", "/v1/orders?state=PLACED", "ListOrders", vec![]),
         ("POST", "/v1/orders", "CreateOrder", vec![]),
+        (
+            "PATCH",
+            "/v1/orders/42",
+            "UpdateOrder",
+            vec![("order.name".to_string(), "orders/42".to_string())],
+        ),
         ("POST", "/v1/orders:import", "ImportOrders", vec![]),
         ("POST", "/demo.v1.OrderService/Chat", "Chat", vec![]),
     ];
@@ -311,6 +318,10 @@ fn the_demo_service() {
         );
     }
     match router.lookup(&Method::POST, "/v1/orders") {
+        Lookup::Found { binding, .. } => assert_eq!(binding.body, BodyRule::Field("order".into())),
+        other => panic!("{other:?}"),
+    }
+    match router.lookup(&Method::PATCH, "/v1/orders/42") {
         Lookup::Found { binding, .. } => assert_eq!(binding.body, BodyRule::Field("order".into())),
         other => panic!("{other:?}"),
     }

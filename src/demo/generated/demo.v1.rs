@@ -41,6 +41,15 @@ pub struct CreateOrderRequest {
     pub order: ::core::option::Option<Order>,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UpdateOrderRequest {
+    /// The order, its `name` saying which one.
+    #[prost(message, optional, tag = "1")]
+    pub order: ::core::option::Option<Order>,
+    /// "item", "quantity", or both; empty: what the body sets.
+    #[prost(message, optional, tag = "2")]
+    pub update_mask: ::core::option::Option<::prost_types::FieldMask>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct WatchOrderRequest {
     #[prost(string, tag = "1")]
     pub name: ::prost::alloc::string::String,
@@ -268,6 +277,29 @@ pub mod order_service_client {
                 .insert(GrpcMethod::new("demo.v1.OrderService", "CreateOrder"));
             self.inner.unary(req, path, codec).await
         }
+        /// Changes an order's item or quantity: the fields `update_mask` names,
+        /// or every field the body sets when it names none.
+        pub async fn update_order(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UpdateOrderRequest>,
+        ) -> std::result::Result<tonic::Response<super::Order>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/demo.v1.OrderService/UpdateOrder",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("demo.v1.OrderService", "UpdateOrder"));
+            self.inner.unary(req, path, codec).await
+        }
         /// Follows an order until it is delivered (server streaming).
         pub async fn watch_order(
             &mut self,
@@ -374,6 +406,12 @@ pub mod order_service_server {
         async fn create_order(
             &self,
             request: tonic::Request<super::CreateOrderRequest>,
+        ) -> std::result::Result<tonic::Response<super::Order>, tonic::Status>;
+        /// Changes an order's item or quantity: the fields `update_mask` names,
+        /// or every field the body sets when it names none.
+        async fn update_order(
+            &self,
+            request: tonic::Request<super::UpdateOrderRequest>,
         ) -> std::result::Result<tonic::Response<super::Order>, tonic::Status>;
         /// Server streaming response type for the WatchOrder method.
         type WatchOrderStream: tonic::codegen::tokio_stream::Stream<
@@ -602,6 +640,51 @@ pub mod order_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CreateOrderSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/demo.v1.OrderService/UpdateOrder" => {
+                    #[allow(non_camel_case_types)]
+                    struct UpdateOrderSvc<T: OrderService>(pub Arc<T>);
+                    impl<
+                        T: OrderService,
+                    > tonic::server::UnaryService<super::UpdateOrderRequest>
+                    for UpdateOrderSvc<T> {
+                        type Response = super::Order;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UpdateOrderRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as OrderService>::update_order(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UpdateOrderSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
