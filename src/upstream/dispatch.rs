@@ -282,15 +282,12 @@ impl Cluster {
             // Every endpoint is backing off after connect failures: try one
             // anyway rather than fail without trying.
             .or_else(|| self.balancer.pick(&endpoints, now, |e| untried(e) && e.in_service(now)))
-            // Every endpoint that health checks leave in service is ejected
-            // (a one-endpoint upstream, or `max_ejection_percent: 100`): use
-            // them anyway, as Envoy's panic mode does, rather than fail every
-            // call until an ejection ends. They stay ejected, and are readmitted
-            // by their probe as usual.
+            // No endpoint in service is left to try: every one is ejected (a
+            // one-endpoint upstream, `max_ejection_percent: 100`), or those
+            // that are not already refused this call's connection. Use the
+            // ejected ones, as Envoy's panic mode does, rather than fail the
+            // call. They stay ejected, and are readmitted by their probe as usual.
             .or_else(|| {
-                if endpoints.iter().any(|e| e.in_service(now)) {
-                    return None;
-                }
                 self.balancer
                     .pick(&endpoints, now, |e| untried(e) && e.in_service_if_ejections_ignored())
             })

@@ -17,9 +17,10 @@
 //! always may be. While active health checks hold endpoints out, an ejection
 //! must also leave at least one endpoint that is neither ejected nor
 //! unhealthy: together the two mechanisms may not take the last endpoint in
-//! service away. Where every endpoint is ejected all the same (an upstream
-//! with one endpoint), the picker sends calls to them anyway (see
-//! `dispatch`), so ejections alone never take a cluster dark.
+//! service away. When no endpoint in service is left for a call all the same
+//! (an upstream with one endpoint, or the others refused its connection),
+//! the picker sends it to an ejected one (see `dispatch`), so ejections
+//! alone never take a cluster dark.
 //!
 //! All state is atomics read on the hot path; only the reason text takes a
 //! lock, when an ejection happens.

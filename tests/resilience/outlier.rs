@@ -371,3 +371,37 @@ async fn a_lone_ejected_backend_still_gets_calls_and_recovers_at_once() {
     assert_eq!(seen.state, "ejected", "{seen:#?}");
     assert_eq!(seen.total_ejections, 1, "{seen:#?}");
 }
+
+/// The same when the endpoints left in service cannot be reached: a call
+/// that every endpoint in service refused (connection refused) goes to an
+/// ejected one rather than fail; here that one has recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_every_endpoint_in_service_refused_tries_an_ejected_one() {
+    let up = FaultBackend::start("up").await;
+    let ejected = FaultBackend::start("ejected").await;
+    ejected.fail(100, 14);
+    let edge = edge(&[&up, &ejected], &fast_outlier("base_ejection_time: 30s"), "").await;
+    let mut client = edge.client().await;
+    for _ in 0..200 {
+        let _ = client.unary(echo("x")).await;
+        if edge.state(&ejected) == "ejected" {
+            break;
+        }
+    }
+    assert_eq!(edge.state(&ejected), "ejected");
+    ejected.heal();
+    up.kill();
+    // Let the gateway see its connection to `up` close (a call sent on it
+    // meanwhile would be lost with it, which is another matter).
+    wait_for(&edge, "the connection to up to close", Duration::from_secs(2), || {
+        edge.endpoint(&up).connections.is_empty()
+    })
+    .await;
+    let before = ejected.calls();
+    for _ in 0..10 {
+        let answer = client.unary(echo("x")).await;
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    assert_eq!(ejected.calls() - before, 10);
+    assert_eq!(edge.state(&ejected), "ejected");
+}
