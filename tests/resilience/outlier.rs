@@ -388,7 +388,14 @@ async fn a_call_every_endpoint_in_service_refused_tries_an_ejected_one() {
             break;
         }
     }
-    assert_eq!(edge.state(&ejected), "ejected");
+    // The last failure is recorded a moment after the client has it.
+    wait_for(
+        &edge,
+        "the failing backend to be ejected",
+        Duration::from_secs(1),
+        || edge.state(&ejected) == "ejected",
+    )
+    .await;
     ejected.heal();
     up.kill();
     // Let the gateway see its connection to `up` close (a call sent on it
