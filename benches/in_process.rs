@@ -4,7 +4,8 @@
 //!
 //! ```sh
 //! cargo bench --bench in_process -- [--duration 3s] [--warmup 1s] [--concurrency 1] [--threads 2]
-//!                                   [--only direct,tonic,in-process,network]
+//!                                   [--item-bytes 65536]
+//!                                   [--only direct,tonic,in-process,network,tonic-large,in-process-large]
 //! ```
 //!
 //! # What it measures
@@ -27,6 +28,18 @@
 //! `in-process` and `network` start from the same tower call (no client
 //! socket), so they differ only in how the gateway reaches the service.
 //!
+//! Two more modes isolate what JSON costs when messages are large: both
+//! call `UpdateOrder` on `orders/2` with an `item` of `--item-bytes` bytes
+//! (64 KiB by default; the answer carries it back):
+//!
+//! - `tonic-large`: as `tonic`, a prebuilt gRPC request;
+//! - `in-process-large`: `PATCH /v1/orders/2` with the same order as a JSON
+//!   body, into the in-process gateway: JSON → protobuf on the way in,
+//!   protobuf → JSON on the way out.
+//!
+//! Their difference is the price of transcoding that much JSON both ways,
+//! printed per MiB.
+//!
 //! # How to read it
 //!
 //! - `calls/s`: completed calls per second over the measured window, all tasks together.
@@ -42,15 +55,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use grpc_edge::config::{Route, Upstream};
-use grpc_edge::demo::pb::GetOrderRequest;
 use grpc_edge::demo::pb::order_service_server::{OrderService, OrderServiceServer};
+use grpc_edge::demo::pb::{GetOrderRequest, Order, UpdateOrderRequest};
 use grpc_edge::demo::{Backend, DESCRIPTOR_SET, OrderDesk};
 use grpc_edge::{Gateway, GatewayService};
 use http_body_util::{BodyExt, Empty, Full};
 use tower::ServiceExt;
 
 const USAGE: &str = "usage: cargo bench --bench in_process -- [--duration 3s] [--warmup 1s] [--concurrency 1] \
-[--threads 2] [--only direct,tonic,in-process,network]";
+[--threads 2] [--item-bytes 65536] [--only direct,tonic,in-process,network,tonic-large,in-process-large]";
 
 /// What one mode does per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +72,18 @@ enum Mode {
     Tonic,
     InProcess,
     Network,
+    TonicLarge,
+    InProcessLarge,
 }
 
-const MODES: [Mode; 4] = [Mode::Direct, Mode::Tonic, Mode::InProcess, Mode::Network];
+const MODES: [Mode; 6] = [
+    Mode::Direct,
+    Mode::Tonic,
+    Mode::InProcess,
+    Mode::Network,
+    Mode::TonicLarge,
+    Mode::InProcessLarge,
+];
 
 impl Mode {
     fn name(self) -> &'static str {
@@ -70,6 +92,8 @@ impl Mode {
             Mode::Tonic => "tonic",
             Mode::InProcess => "in-process",
             Mode::Network => "network",
+            Mode::TonicLarge => "tonic-large",
+            Mode::InProcessLarge => "in-process-large",
         }
     }
 
@@ -79,14 +103,16 @@ impl Mode {
             Mode::Tonic => "tonic server as a tower service, prebuilt gRPC request",
             Mode::InProcess => "REST GET /v1/orders/1 → gateway → in-process tonic server",
             Mode::Network => "REST GET /v1/orders/1 → gateway → loopback HTTP/2 → tonic backend",
+            Mode::TonicLarge => "tonic server, prebuilt UpdateOrder with a --item-bytes item",
+            Mode::InProcessLarge => "REST PATCH /v1/orders/2, the same order as JSON → in-process tonic",
         }
     }
 
     fn parse(name: &str) -> Result<Mode, String> {
-        MODES
-            .into_iter()
-            .find(|m| m.name() == name)
-            .ok_or_else(|| format!("--only: no mode named {name:?} (direct, tonic, in-process, network)"))
+        MODES.into_iter().find(|m| m.name() == name).ok_or_else(|| {
+            let names: Vec<_> = MODES.iter().map(|m| m.name()).collect();
+            format!("--only: no mode named {name:?} ({})", names.join(", "))
+        })
     }
 }
 
@@ -95,6 +121,7 @@ struct Args {
     warmup: Duration,
     concurrency: usize,
     threads: usize,
+    item_bytes: usize,
     modes: Vec<Mode>,
 }
 
@@ -105,6 +132,7 @@ fn parse_args(raw: &[String]) -> Result<Option<Args>, String> {
         warmup: Duration::from_secs(1),
         concurrency: 1,
         threads: 2,
+        item_bytes: 64 * 1024,
         modes: MODES.to_vec(),
     };
     let mut raw = raw.iter();
@@ -128,6 +156,7 @@ fn parse_args(raw: &[String]) -> Result<Option<Args>, String> {
             "--warmup" => args.warmup = parse_duration(&value)?,
             "--concurrency" => args.concurrency = parse_positive(flag, &value)?,
             "--threads" => args.threads = parse_positive(flag, &value)?,
+            "--item-bytes" => args.item_bytes = parse_positive(flag, &value)?.min(3 << 20),
             "--only" => args.modes = value.split(',').map(Mode::parse).collect::<Result<_, _>>()?,
             _ => return Err(format!("unknown argument {arg}")),
         }
@@ -172,6 +201,10 @@ struct Targets {
     network: GatewayService,
     /// `GetOrderRequest { name: "orders/1" }` as one gRPC frame.
     frame: Bytes,
+    /// `UpdateOrderRequest` for `orders/2` with a large item: as one gRPC
+    /// frame, and as the REST body (the order as JSON).
+    large_frame: Bytes,
+    large_json: Bytes,
 }
 
 impl Targets {
@@ -196,6 +229,33 @@ impl Targets {
                 let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
                 assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
                 assert!(body.to_bytes().len() > 5);
+            }
+            Mode::TonicLarge => {
+                let request = http::Request::post("/demo.v1.OrderService/UpdateOrder")
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .header(http::header::TE, "trailers")
+                    .body(Full::new(self.large_frame.clone()))
+                    .expect("a valid request");
+                let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
+                let body = response.into_body().collect().await.expect("tonic body failed");
+                let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+                assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
+                assert!(body.to_bytes().len() > self.large_frame.len() / 2);
+            }
+            Mode::InProcessLarge => {
+                let request = http::Request::patch("/v1/orders/2")
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(Full::new(self.large_json.clone()))
+                    .expect("a valid request");
+                let response = self.in_process.clone().oneshot(request).await.expect("infallible");
+                assert_eq!(response.status(), http::StatusCode::OK, "in-process-large call failed");
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("REST body failed")
+                    .to_bytes();
+                assert!(body.len() > self.large_json.len() / 2);
             }
             Mode::InProcess | Mode::Network => {
                 let service = if mode == Mode::InProcess {
@@ -305,7 +365,16 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
-async fn setup() -> Result<(Targets, Backend), String> {
+/// One gRPC frame (uncompressed) around `message`.
+fn grpc_frame(message: &impl prost::Message) -> Bytes {
+    let message = message.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    Bytes::from(frame)
+}
+
+async fn setup(item_bytes: usize) -> Result<(Targets, Backend), String> {
     let backend = Backend::spawn(([127, 0, 0, 1], 0).into(), "network-backend")
         .await
         .map_err(|e| format!("cannot start the demo backend: {e}"))?;
@@ -320,19 +389,31 @@ async fn setup() -> Result<(Targets, Backend), String> {
         .route(Route::new("demo.v1.OrderService", "orders"))
         .build()
         .map_err(|e| e.to_string())?;
-    let message = prost::Message::encode_to_vec(&GetOrderRequest {
+    let frame = grpc_frame(&GetOrderRequest {
         name: "orders/1".into(),
     });
-    let mut frame = vec![0];
-    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&message);
+    // Text that JSON carries as it is (no escapes), like most payloads.
+    let item: String = "lorem ipsum dolor sit amet ".chars().cycle().take(item_bytes).collect();
+    let large_frame = grpc_frame(&UpdateOrderRequest {
+        order: Some(Order {
+            name: "orders/2".into(),
+            item: item.clone(),
+            quantity: 1,
+            ..Order::default()
+        }),
+        update_mask: None,
+    });
+    let large_json = Bytes::from(format!(r#"{{"item":"{item}","quantity":1}}"#));
+    // The tonic modes get a desk of their own, as the in-process gateway has.
     let desk = OrderDesk::new("direct");
     let targets = Targets {
         tonic: desk.clone().into_server(),
         desk,
         in_process: in_process.into_service(),
         network: network.into_service(),
-        frame: Bytes::from(frame),
+        frame,
+        large_frame,
+        large_json,
     };
     Ok((targets, backend))
 }
@@ -384,6 +465,20 @@ fn report(args: &Args, results: &[(Mode, Measured)]) {
             local.mean_us() / tonic.mean_us()
         );
     }
+    if let (Some(local), Some(tonic)) = (find(Mode::InProcessLarge), find(Mode::TonicLarge)) {
+        // The JSON crosses the gateway twice: the request body in, the answer out.
+        let mib = 2.0 * args.item_bytes as f64 / f64::from(1 << 20);
+        let extra_us = local.mean_us() - tonic.mean_us();
+        println!(
+            "in-process-large / tonic-large ({} B item): transcoding adds {:.1} µs per call ({:.2}× a bare tonic call), \
+             {:.0} µs per MiB of JSON ({:.0} MiB/s)",
+            args.item_bytes,
+            extra_us,
+            local.mean_us() / tonic.mean_us(),
+            extra_us / mib,
+            mib / (extra_us / 1e6)
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -413,7 +508,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let (targets, backend) = match setup().await {
+        let (targets, backend) = match setup(args.item_bytes).await {
             Ok(set) => set,
             Err(e) => {
                 eprintln!("error: {e}");
