@@ -153,6 +153,14 @@ impl Collector for GatewayCollector {
         )?;
         family(
             e,
+            "grpc_edge_upstream_enhance_your_calm",
+            "Connections the endpoint closed with GOAWAY(ENHANCE_YOUR_CALM), judging the gateway's traffic abusive \
+             (typically: many streams it read already cancelled, after it stalled)",
+            MetricType::Counter,
+            endpoints().map(|(u, ep)| (at(u, ep), ConstCounter::new(ep.enhance_your_calm))),
+        )?;
+        family(
+            e,
             "grpc_edge_upstream_in_flight",
             "Calls in flight on the endpoint",
             MetricType::Gauge,

@@ -372,6 +372,7 @@ impl Cluster {
                 .filter(|(_, n)| **n > 0)
                 .map(|(i, n)| (crate::status::Code::ALL[i].as_str(), *n))
                 .collect(),
+            enhance_your_calm: e.pool.refused_our_traffic(),
             last_error: e.pool.last_error(),
         }
     }
@@ -450,6 +451,11 @@ pub struct EndpointSnapshot {
     pub ejections_by_reason: Vec<(&'static str, u64)>,
     /// Finished calls by gRPC code (codes never seen are left out).
     pub calls_by_code: Vec<(&'static str, u64)>,
+    /// Connections the endpoint closed with `GOAWAY(ENHANCE_YOUR_CALM)`,
+    /// judging the gateway's traffic abusive (typically: many streams it
+    /// read already cancelled, after it stalled). Calls lost with them are
+    /// not counted as failures.
+    pub enhance_your_calm: u64,
     /// The last connect error.
     pub last_error: Option<String>,
 }

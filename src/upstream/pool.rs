@@ -107,6 +107,8 @@ pub(crate) struct Pool {
     last_error: Mutex<Option<String>>,
     next_conn_id: AtomicU64,
     closed: AtomicBool,
+    /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
+    refused_our_traffic: AtomicU64,
     /// Asks discovery to resolve again soon (connect failure, GOAWAY).
     refresh: Option<Arc<Notify>>,
 }
@@ -132,6 +134,7 @@ impl Pool {
             last_error: Mutex::new(None),
             next_conn_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
+            refused_our_traffic: AtomicU64::new(0),
             refresh,
         })
     }
@@ -144,6 +147,11 @@ impl Pool {
     /// The last connect error, for introspection and error messages.
     pub(crate) fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)` since start-up.
+    pub(crate) fn refused_our_traffic(&self) -> u64 {
+        self.refused_our_traffic.load(Ordering::Relaxed)
     }
 
     /// Open connections and the calls on each.
@@ -616,6 +624,7 @@ async fn drive(
         conn.draining.store(true, Ordering::Release);
         pool.forget(&conn);
         if end == ConnectionEnd::RefusedOurTraffic {
+            pool.refused_our_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(
                 target = %pool.target,
                 conn = conn.id,

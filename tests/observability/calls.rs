@@ -535,6 +535,11 @@ async fn every_call_is_counted_once_under_its_protocol_method_and_grpc_code() {
         "expected the 4 UNAVAILABLE calls as failures"
     );
     assert_eq!(
+        one("grpc_edge_upstream_enhance_your_calm_total"),
+        only(0.0),
+        "expected no connection closed with ENHANCE_YOUR_CALM"
+    );
+    assert_eq!(
         one("grpc_edge_upstream_in_flight"),
         only(0.0),
         "expected nothing in flight"

@@ -206,5 +206,16 @@ async fn a_backend_refusing_our_cancels_is_not_ejected_for_it() {
     let seen = edge.endpoint_at(backend.addr).unwrap();
     assert_eq!((seen.failures, seen.total_ejections), (0, 0), "{seen:#?}");
     assert_eq!(seen.state, "healthy", "{seen:#?}");
+    // Operators see it counted.
+    assert_eq!(seen.enhance_your_calm, 1, "{seen:#?}");
+    let metrics = edge.admin_get("/metrics", "text/plain").await.text();
+    let series = format!(
+        "grpc_edge_upstream_enhance_your_calm_total{{upstream=\"echo\",endpoint=\"{}\"}} 1",
+        backend.addr
+    );
+    assert!(
+        metrics.lines().any(|l| l == series),
+        "no {series} in /metrics:\n{metrics}"
+    );
     println!("lost calls were told: {}", messages[0]);
 }
