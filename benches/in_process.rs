@@ -4,8 +4,9 @@
 //!
 //! ```sh
 //! cargo bench --bench in_process -- [--duration 3s] [--warmup 1s] [--concurrency 1] [--threads 2]
-//!                                   [--item-bytes 65536]
-//!                                   [--only direct,tonic,in-process,network,tonic-large,in-process-large]
+//!                                   [--item-bytes 65536] [--list-orders 1000]
+//!                                   [--only direct,tonic,in-process,network,tonic-large,in-process-large,
+//!                                           tonic-list,in-process-list]
 //! ```
 //!
 //! # What it measures
@@ -29,16 +30,23 @@
 //! socket), so they differ only in how the gateway reaches the service.
 //!
 //! Two more modes isolate what JSON costs when messages are large: both
-//! call `UpdateOrder` on `orders/2` with an `item` of `--item-bytes` bytes
+//! call `UpdateOrder` on `orders/3` with an `item` of `--item-bytes` bytes
 //! (64 KiB by default; the answer carries it back):
 //!
 //! - `tonic-large`: as `tonic`, a prebuilt gRPC request;
-//! - `in-process-large`: `PATCH /v1/orders/2` with the same order as a JSON
+//! - `in-process-large`: `PATCH /v1/orders/3` with the same order as a JSON
 //!   body, into the in-process gateway: JSON → protobuf on the way in,
 //!   protobuf → JSON on the way out.
 //!
 //! Their difference is the price of transcoding that much JSON both ways,
-//! printed per MiB.
+//! printed per MiB. That is the easy case for JSON: one long string. Two
+//! more modes measure the hard one, many small fields: both desks are given
+//! `--list-orders` more orders (1,000 by default), and
+//!
+//! - `tonic-list`: `ListOrders` for the placed ones, a prebuilt gRPC request;
+//! - `in-process-list`: `GET /v1/orders?state=PLACED&pageSize=N` into the
+//!   in-process gateway: the answer, N orders of six fields each (a
+//!   timestamp and an enum among them), rendered as JSON.
 //!
 //! # How to read it
 //!
@@ -56,14 +64,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use grpc_edge::config::{Route, Upstream};
 use grpc_edge::demo::pb::order_service_server::{OrderService, OrderServiceServer};
-use grpc_edge::demo::pb::{GetOrderRequest, Order, UpdateOrderRequest};
+use grpc_edge::demo::pb::{
+    CreateOrderRequest, GetOrderRequest, ListOrdersRequest, Order, OrderState, UpdateOrderRequest,
+};
 use grpc_edge::demo::{Backend, DESCRIPTOR_SET, OrderDesk};
 use grpc_edge::{Gateway, GatewayService};
 use http_body_util::{BodyExt, Empty, Full};
 use tower::ServiceExt;
 
 const USAGE: &str = "usage: cargo bench --bench in_process -- [--duration 3s] [--warmup 1s] [--concurrency 1] \
-[--threads 2] [--item-bytes 65536] [--only direct,tonic,in-process,network,tonic-large,in-process-large]";
+[--threads 2] [--item-bytes 65536] [--list-orders 1000] \
+[--only direct,tonic,in-process,network,tonic-large,in-process-large,tonic-list,in-process-list]";
 
 /// What one mode does per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,15 +85,19 @@ enum Mode {
     Network,
     TonicLarge,
     InProcessLarge,
+    TonicList,
+    InProcessList,
 }
 
-const MODES: [Mode; 6] = [
+const MODES: [Mode; 8] = [
     Mode::Direct,
     Mode::Tonic,
     Mode::InProcess,
     Mode::Network,
     Mode::TonicLarge,
     Mode::InProcessLarge,
+    Mode::TonicList,
+    Mode::InProcessList,
 ];
 
 impl Mode {
@@ -94,6 +109,8 @@ impl Mode {
             Mode::Network => "network",
             Mode::TonicLarge => "tonic-large",
             Mode::InProcessLarge => "in-process-large",
+            Mode::TonicList => "tonic-list",
+            Mode::InProcessList => "in-process-list",
         }
     }
 
@@ -104,7 +121,9 @@ impl Mode {
             Mode::InProcess => "REST GET /v1/orders/1 → gateway → in-process tonic server",
             Mode::Network => "REST GET /v1/orders/1 → gateway → loopback HTTP/2 → tonic backend",
             Mode::TonicLarge => "tonic server, prebuilt UpdateOrder with a --item-bytes item",
-            Mode::InProcessLarge => "REST PATCH /v1/orders/2, the same order as JSON → in-process tonic",
+            Mode::InProcessLarge => "REST PATCH /v1/orders/3, the same order as JSON → in-process tonic",
+            Mode::TonicList => "tonic server, prebuilt ListOrders answered with --list-orders orders",
+            Mode::InProcessList => "REST GET /v1/orders?state=PLACED&pageSize=N → in-process tonic, as JSON",
         }
     }
 
@@ -122,6 +141,7 @@ struct Args {
     concurrency: usize,
     threads: usize,
     item_bytes: usize,
+    list_orders: usize,
     modes: Vec<Mode>,
 }
 
@@ -133,6 +153,7 @@ fn parse_args(raw: &[String]) -> Result<Option<Args>, String> {
         concurrency: 1,
         threads: 2,
         item_bytes: 64 * 1024,
+        list_orders: 1000,
         modes: MODES.to_vec(),
     };
     let mut raw = raw.iter();
@@ -157,6 +178,7 @@ fn parse_args(raw: &[String]) -> Result<Option<Args>, String> {
             "--concurrency" => args.concurrency = parse_positive(flag, &value)?,
             "--threads" => args.threads = parse_positive(flag, &value)?,
             "--item-bytes" => args.item_bytes = parse_positive(flag, &value)?.min(3 << 20),
+            "--list-orders" => args.list_orders = parse_positive(flag, &value)?.min(20_000),
             "--only" => args.modes = value.split(',').map(Mode::parse).collect::<Result<_, _>>()?,
             _ => return Err(format!("unknown argument {arg}")),
         }
@@ -201,10 +223,15 @@ struct Targets {
     network: GatewayService,
     /// `GetOrderRequest { name: "orders/1" }` as one gRPC frame.
     frame: Bytes,
-    /// `UpdateOrderRequest` for `orders/2` with a large item: as one gRPC
+    /// `UpdateOrderRequest` for `orders/3` with a large item: as one gRPC
     /// frame, and as the REST body (the order as JSON).
     large_frame: Bytes,
     large_json: Bytes,
+    /// `ListOrdersRequest` for every placed order, as one gRPC frame, and the
+    /// same as a REST path; how many orders answer.
+    list_frame: Bytes,
+    list_path: String,
+    listed: usize,
 }
 
 impl Targets {
@@ -243,7 +270,7 @@ impl Targets {
                 assert!(body.to_bytes().len() > self.large_frame.len() / 2);
             }
             Mode::InProcessLarge => {
-                let request = http::Request::patch("/v1/orders/2")
+                let request = http::Request::patch("/v1/orders/3")
                     .header(http::header::CONTENT_TYPE, "application/json")
                     .body(Full::new(self.large_json.clone()))
                     .expect("a valid request");
@@ -256,6 +283,32 @@ impl Targets {
                     .expect("REST body failed")
                     .to_bytes();
                 assert!(body.len() > self.large_json.len() / 2);
+            }
+            Mode::TonicList => {
+                let request = http::Request::post("/demo.v1.OrderService/ListOrders")
+                    .header(http::header::CONTENT_TYPE, "application/grpc")
+                    .header(http::header::TE, "trailers")
+                    .body(Full::new(self.list_frame.clone()))
+                    .expect("a valid request");
+                let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
+                let body = response.into_body().collect().await.expect("tonic body failed");
+                let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+                assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
+                assert!(body.to_bytes().len() > self.listed * 20);
+            }
+            Mode::InProcessList => {
+                let request = http::Request::get(self.list_path.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .expect("a valid request");
+                let response = self.in_process.clone().oneshot(request).await.expect("infallible");
+                assert_eq!(response.status(), http::StatusCode::OK, "in-process-list call failed");
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("REST body failed")
+                    .to_bytes();
+                assert!(body.len() > self.listed * 40);
             }
             Mode::InProcess | Mode::Network => {
                 let service = if mode == Mode::InProcess {
@@ -374,13 +427,30 @@ fn grpc_frame(message: &impl prost::Message) -> Bytes {
     Bytes::from(frame)
 }
 
-async fn setup(item_bytes: usize) -> Result<(Targets, Backend), String> {
+/// Places `n` more orders on `desk`.
+async fn place_orders(desk: &OrderDesk, n: usize) -> Result<(), String> {
+    for i in 0..n {
+        let order = Order {
+            item: format!("item {i}"),
+            quantity: 1 + (i % 5) as i32,
+            ..Order::default()
+        };
+        desk.create_order(tonic::Request::new(CreateOrderRequest { order: Some(order) }))
+            .await
+            .map_err(|e| format!("cannot place order {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+async fn setup(item_bytes: usize, list_orders: usize) -> Result<(Targets, Backend), String> {
     let backend = Backend::spawn(([127, 0, 0, 1], 0).into(), "network-backend")
         .await
         .map_err(|e| format!("cannot start the demo backend: {e}"))?;
+    let in_process_desk = OrderDesk::new("in-process");
+    place_orders(&in_process_desk, list_orders).await?;
     let in_process = Gateway::builder()
         .descriptor_set(DESCRIPTOR_SET)
-        .service(OrderDesk::new("in-process").into_server())
+        .service(in_process_desk.into_server())
         .build()
         .map_err(|e| e.to_string())?;
     let network = Gateway::builder()
@@ -396,7 +466,7 @@ async fn setup(item_bytes: usize) -> Result<(Targets, Backend), String> {
     let item: String = "lorem ipsum dolor sit amet ".chars().cycle().take(item_bytes).collect();
     let large_frame = grpc_frame(&UpdateOrderRequest {
         order: Some(Order {
-            name: "orders/2".into(),
+            name: "orders/3".into(),
             item: item.clone(),
             quantity: 1,
             ..Order::default()
@@ -404,8 +474,15 @@ async fn setup(item_bytes: usize) -> Result<(Targets, Backend), String> {
         update_mask: None,
     });
     let large_json = Bytes::from(format!(r#"{{"item":"{item}","quantity":1}}"#));
+    let listed = listed(list_orders);
+    let list_frame = grpc_frame(&ListOrdersRequest {
+        page_size: listed as i32,
+        state: OrderState::Placed as i32,
+    });
+    let list_path = format!("/v1/orders?state=PLACED&pageSize={listed}");
     // The tonic modes get a desk of their own, as the in-process gateway has.
     let desk = OrderDesk::new("direct");
+    place_orders(&desk, list_orders).await?;
     let targets = Targets {
         tonic: desk.clone().into_server(),
         desk,
@@ -414,8 +491,16 @@ async fn setup(item_bytes: usize) -> Result<(Targets, Backend), String> {
         frame,
         large_frame,
         large_json,
+        list_frame,
+        list_path,
+        listed,
     };
     Ok((targets, backend))
+}
+
+/// How many orders `ListOrders` answers with: those placed plus the seeded `orders/2`.
+fn listed(list_orders: usize) -> usize {
+    list_orders + 1
 }
 
 fn report(args: &Args, results: &[(Mode, Measured)]) {
@@ -479,6 +564,17 @@ fn report(args: &Args, results: &[(Mode, Measured)]) {
             mib / (extra_us / 1e6)
         );
     }
+    if let (Some(local), Some(tonic)) = (find(Mode::InProcessList), find(Mode::TonicList)) {
+        let extra_us = local.mean_us() - tonic.mean_us();
+        println!(
+            "in-process-list / tonic-list ({} orders): rendering them as JSON adds {:.1} µs per call \
+             ({:.2}× a bare tonic call), {:.2} µs per order",
+            listed(args.list_orders),
+            extra_us,
+            local.mean_us() / tonic.mean_us(),
+            extra_us / listed(args.list_orders) as f64
+        );
+    }
 }
 
 fn main() -> ExitCode {
@@ -508,7 +604,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let (targets, backend) = match setup(args.item_bytes).await {
+        let (targets, backend) = match setup(args.item_bytes, args.list_orders).await {
             Ok(set) => set,
             Err(e) => {
                 eprintln!("error: {e}");

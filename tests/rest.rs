@@ -422,7 +422,19 @@ async fn raw_http_bodies_both_ways() {
         response.json(),
         json!({"name": "n1", "body": {"contentType": "text/plain", "data": "aGVsbG8="}})
     );
-    assert_eq!(backend.count(), 2);
+    // `response_body` naming an HttpBody field: that field, raw.
+    let response = request(
+        gw.addr,
+        "POST",
+        "/v1/blobs/n1:raw",
+        &[("content-type", "text/plain")],
+        "hello",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/plain"));
+    assert_eq!(response.text(), "hello");
+    assert_eq!(backend.count(), 3);
 }
 
 #[tokio::test]

@@ -157,19 +157,19 @@ pub(crate) async fn unary(
 /// Renders one response message: its `response_body` field or the whole
 /// message, as JSON, or raw when it is a `google.api.HttpBody`.
 pub(crate) fn render(rest: &RestFrontEnd, binding: &Binding, message: &DynamicMessage) -> (HeaderValue, Vec<u8>) {
-    let selected = match &binding.response_body {
-        None => Some(message.clone()),
-        Some(field) => match message
-            .descriptor()
-            .get_field_by_name(field)
-            .map(|f| (f.kind(), message.get_field(&f).into_owned()))
-        {
-            Some((Kind::Message(m), Value::Message(inner))) if m.full_name() == HTTP_BODY => Some(inner),
-            _ => None,
-        },
-    };
-    if let Some(raw) = selected.filter(|m| m.descriptor().full_name() == HTTP_BODY) {
-        return raw_http_body(&raw);
+    // A `google.api.HttpBody` (the answer itself, or the `response_body`
+    // field) is sent raw. Looked up by descriptor: the message is never copied.
+    match &binding.response_body {
+        None if message.descriptor().full_name() == HTTP_BODY => return raw_http_body(message),
+        None => {}
+        Some(field) => {
+            if let Some(f) = message.descriptor().get_field_by_name(field)
+                && matches!(f.kind(), Kind::Message(m) if m.full_name() == HTTP_BODY)
+                && let Value::Message(inner) = message.get_field(&f).as_ref()
+            {
+                return raw_http_body(inner);
+            }
+        }
     }
     let json = match &binding.response_body {
         Some(field) => rest.codec.print_field(message, field),
