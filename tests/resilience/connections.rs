@@ -181,6 +181,8 @@ async fn a_backend_refusing_our_cancels_is_not_ejected_for_it() {
         let response = response.unwrap();
         assert_eq!(response.grpc_status().as_deref(), Some("4"), "{response:?}");
     }
+    // Let the gateway's connection task write the cancels out before the thaw.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     backend.thaw();
     let _ = first.await.unwrap();
     let mut messages = Vec::new();
