@@ -126,6 +126,20 @@ async fn response_body_selects_one_field() {
     let response = get(gw.addr, "/v1/things/3/title?title=hello").await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.json(), json!("hello"));
+    // A field at its default is still the body: an empty string, not null.
+    assert_eq!(get(gw.addr, "/v1/things/3/title").await.json(), json!(""));
+    // A message field prints as any message does: fields at their default
+    // left out, as grpc-gateway and Envoy print it.
+    let response = get(gw.addr, "/v1/things/3/inner?inner.note=hi").await;
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json(), json!({"note": "hi"}));
+    assert_eq!(get(gw.addr, "/v1/things/3/inner").await.json(), json!({}));
+    // Repeated: the list, empty or not.
+    assert_eq!(
+        get(gw.addr, "/v1/things/3/tags?tags=a&tags=b").await.json(),
+        json!(["a", "b"])
+    );
+    assert_eq!(get(gw.addr, "/v1/things/3/tags").await.json(), json!([]));
 }
 
 #[tokio::test]

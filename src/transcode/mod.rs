@@ -14,7 +14,8 @@ use std::fmt;
 use bytes::Bytes;
 use prost::Message;
 use prost_reflect::{
-    DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, ReflectMessage, SerializeOptions,
+    DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, ReflectMessage, SerializeOptions,
+    Value,
 };
 use serde::Serialize;
 
@@ -126,22 +127,39 @@ impl JsonCodec {
     }
 
     /// Prints one field of a message (`response_body`), by its proto name.
+    ///
+    /// A singular message field prints as any message does (fields at their
+    /// default left out). Any other field prints even at its default (`""`,
+    /// `0`, `[]`): it is the whole body. It is printed alone in an otherwise
+    /// empty message and taken out of the result; defaults are shown only
+    /// when its values hold no message, whose own fields would show them too.
     pub(crate) fn print_field(&self, message: &DynamicMessage, field: &str) -> Vec<u8> {
-        let options = self.print.clone().skip_default_fields(false);
-        let value = non_finite::serialize(&WithOptions(message, &options), serde_json::value::Serializer)
+        let Some(f) = message.descriptor().get_field_by_name(field) else {
+            return b"null".to_vec();
+        };
+        let value = message.get_field(&f);
+        if !f.is_list()
+            && !f.is_map()
+            && let Value::Message(inner) = value.as_ref()
+        {
+            return self.print(inner);
+        }
+        let holds_messages = match f.kind() {
+            Kind::Message(entry) if f.is_map() => matches!(entry.map_entry_value_field().kind(), Kind::Message(_)),
+            kind => matches!(kind, Kind::Message(_)),
+        };
+        let mut alone = DynamicMessage::new(message.descriptor());
+        alone.set_field(&f, value.into_owned());
+        let options = self.print.clone().skip_default_fields(holds_messages);
+        let printed = non_finite::serialize(&WithOptions(&alone, &options), serde_json::value::Serializer)
             .unwrap_or(serde_json::Value::Null);
-        let key = message
-            .descriptor()
-            .get_field_by_name(field)
-            .map(|f| {
-                if self.use_proto_names {
-                    f.name().to_string()
-                } else {
-                    f.json_name().to_string()
-                }
-            })
-            .unwrap_or_else(|| field.to_string());
-        let selected = value.get(&key).cloned().unwrap_or(serde_json::Value::Null);
+        let key = if self.use_proto_names { f.name() } else { f.json_name() };
+        let selected = match printed.get(key) {
+            Some(selected) => selected.clone(),
+            // Left out at its default (only when it holds messages).
+            None if f.is_map() => serde_json::Value::Object(serde_json::Map::new()),
+            None => serde_json::Value::Array(Vec::new()),
+        };
         serde_json::to_vec(&selected).unwrap_or_else(|_| b"null".to_vec())
     }
 }
