@@ -10,7 +10,8 @@
 //! - `calls`: the per-method call families (`grpc_server_*`), exactly, for
 //!   REST, gRPC-Web (binary and text) and native gRPC; the upstream families
 //!   (calls by code, failures, in flight, connections, ejections by reason,
-//!   retries, overflows by limit); `observability.metrics: false`.
+//!   retries, overflows by limit); `observability.metrics: false`; the
+//!   example alert rules and dashboard reading only exported families.
 //! - `access_log`: the `grpc-edge` binary's access lines, JSON and text, and
 //!   the switches that silence them (`enabled`, `sample_successes`, `RUST_LOG`).
 //! - `events`: the `tracing` event of a gateway embedded as a library, its

@@ -942,3 +942,43 @@ async fn metrics_off_leaves_call_families_at_zero_while_upstream_families_report
     );
     assert_eq!(a.calls(), 7);
 }
+
+/// The alert rules and the dashboard in `examples/monitoring/` read only
+/// families the gateway exports: a renamed metric must not leave them
+/// silently empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitoring_examples_read_only_exported_families() {
+    let backend = FaultBackend::start("a").await;
+    let edge = edge_without_ejections(&backend, "").await;
+    // One call, so that every per-call family has a series.
+    edge.client().await.unary(echo("x")).await.unwrap();
+    let scraped = scrape(&edge).await;
+    let label_names: std::collections::BTreeSet<&str> = scraped
+        .samples
+        .iter()
+        .flat_map(|s| s.labels.keys().map(String::as_str))
+        .collect();
+    let root = crate::support::root().join("examples/monitoring");
+    let mut names = BTreeMap::new();
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if (word.starts_with("grpc_") || word.starts_with("process_")) && !label_names.contains(word) {
+                names.entry(word.to_string()).or_insert(file);
+            }
+        }
+    }
+    assert!(names.len() >= 10, "expected the examples to read metrics: {names:?}");
+    for (name, file) in &names {
+        // A histogram's series are its family name plus a suffix.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|f| scraped.types.contains_key(*f)))
+            .unwrap_or(name);
+        assert!(
+            scraped.types.contains_key(family),
+            "{file} reads {name}, which /metrics does not export; families: {:?}",
+            scraped.types.keys().collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+}
