@@ -1,6 +1,8 @@
 //! One call through a cluster: admission under the limits, picking an
-//! endpoint (a due probe first, then the balancer), taking a stream slot,
-//! sending, and waiting for the response headers under the deadline.
+//! endpoint (a due probe first, then the balancer, then — with no endpoint
+//! in service left for the call — an ejected one, as Envoy's panic mode
+//! does), taking a stream slot, sending, and waiting for the response
+//! headers under the deadline.
 //!
 //! Attempts are repeated on another endpoint when the call provably never
 //! reached a backend (connect failed, stream refused or above a GOAWAY's
