@@ -380,7 +380,10 @@ async fn a_call_every_endpoint_in_service_refused_tries_an_ejected_one() {
     let up = FaultBackend::start("up").await;
     let ejected = FaultBackend::start("ejected").await;
     ejected.fail(100, 14);
-    let edge = edge(&[&up, &ejected], &fast_outlier("base_ejection_time: 30s"), "").await;
+    // Round robin, so the failing backend gets its five calls (peak-EWMA
+    // may keep one-at-a-time calls on the faster backend).
+    let upstream = format!("balancer: round_robin\n{}", fast_outlier("base_ejection_time: 30s"));
+    let edge = edge(&[&up, &ejected], &upstream, "").await;
     let mut client = edge.client().await;
     for _ in 0..200 {
         let _ = client.unary(echo("x")).await;
