@@ -69,7 +69,7 @@ use grpc_edge::demo::pb::{
 };
 use grpc_edge::demo::{Backend, DESCRIPTOR_SET, OrderDesk};
 use grpc_edge::{Gateway, GatewayService};
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::{BodyExt, Full};
 use tower::ServiceExt;
 
 const USAGE: &str = "usage: cargo bench --bench in_process -- [--duration 3s] [--warmup 1s] [--concurrency 1] \
@@ -246,69 +246,16 @@ impl Targets {
                 assert_eq!(order.get_ref().name, "orders/1");
             }
             Mode::Tonic => {
-                let request = http::Request::post("/demo.v1.OrderService/GetOrder")
-                    .header(http::header::CONTENT_TYPE, "application/grpc")
-                    .header(http::header::TE, "trailers")
-                    .body(Full::new(self.frame.clone()))
-                    .expect("a valid request");
-                let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
-                let body = response.into_body().collect().await.expect("tonic body failed");
-                let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
-                assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
-                assert!(body.to_bytes().len() > 5);
+                let body = self.tonic_call("GetOrder", &self.frame).await;
+                assert!(body.len() > 5);
             }
             Mode::TonicLarge => {
-                let request = http::Request::post("/demo.v1.OrderService/UpdateOrder")
-                    .header(http::header::CONTENT_TYPE, "application/grpc")
-                    .header(http::header::TE, "trailers")
-                    .body(Full::new(self.large_frame.clone()))
-                    .expect("a valid request");
-                let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
-                let body = response.into_body().collect().await.expect("tonic body failed");
-                let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
-                assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
-                assert!(body.to_bytes().len() > self.large_frame.len() / 2);
-            }
-            Mode::InProcessLarge => {
-                let request = http::Request::patch("/v1/orders/3")
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(Full::new(self.large_json.clone()))
-                    .expect("a valid request");
-                let response = self.in_process.clone().oneshot(request).await.expect("infallible");
-                assert_eq!(response.status(), http::StatusCode::OK, "in-process-large call failed");
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("REST body failed")
-                    .to_bytes();
-                assert!(body.len() > self.large_json.len() / 2);
+                let body = self.tonic_call("UpdateOrder", &self.large_frame).await;
+                assert!(body.len() > self.large_frame.len() / 2);
             }
             Mode::TonicList => {
-                let request = http::Request::post("/demo.v1.OrderService/ListOrders")
-                    .header(http::header::CONTENT_TYPE, "application/grpc")
-                    .header(http::header::TE, "trailers")
-                    .body(Full::new(self.list_frame.clone()))
-                    .expect("a valid request");
-                let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
-                let body = response.into_body().collect().await.expect("tonic body failed");
-                let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
-                assert_eq!(status.as_ref().map(|s| s.as_bytes()), Some(&b"0"[..]));
-                assert!(body.to_bytes().len() > self.listed * 20);
-            }
-            Mode::InProcessList => {
-                let request = http::Request::get(self.list_path.as_str())
-                    .body(Empty::<Bytes>::new())
-                    .expect("a valid request");
-                let response = self.in_process.clone().oneshot(request).await.expect("infallible");
-                assert_eq!(response.status(), http::StatusCode::OK, "in-process-list call failed");
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("REST body failed")
-                    .to_bytes();
-                assert!(body.len() > self.listed * 40);
+                let body = self.tonic_call("ListOrders", &self.list_frame).await;
+                assert!(body.len() > self.listed * 20);
             }
             Mode::InProcess | Mode::Network => {
                 let service = if mode == Mode::InProcess {
@@ -316,21 +263,58 @@ impl Targets {
                 } else {
                     &self.network
                 };
-                let request = http::Request::get("/v1/orders/1")
-                    .body(Empty::<Bytes>::new())
-                    .expect("a valid request");
-                let response = service.clone().oneshot(request).await.expect("infallible");
-                assert_eq!(response.status(), http::StatusCode::OK, "{} call failed", mode.name());
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("REST body failed")
-                    .to_bytes();
+                let body = rest_call(service, http::Request::get("/v1/orders/1"), Bytes::new()).await;
                 assert!(body.starts_with(b"{\"name\":\"orders/1\""));
+            }
+            Mode::InProcessLarge => {
+                let request =
+                    http::Request::patch("/v1/orders/3").header(http::header::CONTENT_TYPE, "application/json");
+                let body = rest_call(&self.in_process, request, self.large_json.clone()).await;
+                assert!(body.len() > self.large_json.len() / 2);
+            }
+            Mode::InProcessList => {
+                let body = rest_call(
+                    &self.in_process,
+                    http::Request::get(self.list_path.as_str()),
+                    Bytes::new(),
+                )
+                .await;
+                assert!(body.len() > self.listed * 40);
             }
         }
     }
+
+    /// A prebuilt gRPC request for `method` into the tonic server; its
+    /// response body, once the trailers said OK.
+    async fn tonic_call(&self, method: &str, frame: &Bytes) -> Bytes {
+        let request = http::Request::post(format!("/demo.v1.OrderService/{method}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(Full::new(frame.clone()))
+            .expect("a valid request");
+        let response = self.tonic.clone().oneshot(request).await.expect("tonic call failed");
+        let body = response.into_body().collect().await.expect("tonic body failed");
+        let status = body.trailers().and_then(|t| t.get("grpc-status")).cloned();
+        assert_eq!(
+            status.as_ref().map(|s| s.as_bytes()),
+            Some(&b"0"[..]),
+            "{method} failed"
+        );
+        body.to_bytes()
+    }
+}
+
+/// A REST request into a gateway's tower service; its body, once it answered 200.
+async fn rest_call(service: &GatewayService, request: http::request::Builder, body: Bytes) -> Bytes {
+    let request = request.body(Full::new(body)).expect("a valid request");
+    let response = service.clone().oneshot(request).await.expect("infallible");
+    assert_eq!(response.status(), http::StatusCode::OK, "a REST call failed");
+    response
+        .into_body()
+        .collect()
+        .await
+        .expect("REST body failed")
+        .to_bytes()
 }
 
 /// What one measured window gave.
