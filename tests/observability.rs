@@ -39,9 +39,10 @@ use support::faults::Edge;
 /// The gRPC service every test routes.
 const ECHO: &str = "testing.v1.Echo";
 
-/// `GET /metrics` in the Prometheus text format, parsed strictly.
-async fn scrape(edge: &Edge) -> Exposition {
-    let response = edge.admin_get("/metrics", "text/plain").await;
+/// `GET /metrics` asking for `accept`: its text, once it answered 200 with
+/// `content_type`.
+async fn get_metrics(edge: &Edge, accept: &str, content_type: &str) -> String {
+    let response = edge.admin_get("/metrics", accept).await;
     assert_eq!(
         response.status,
         200,
@@ -50,29 +51,26 @@ async fn scrape(edge: &Edge) -> Exposition {
     );
     assert_eq!(
         response.header("content-type"),
-        Some("text/plain; version=0.0.4; charset=utf-8"),
-        "expected the Prometheus text format's content type"
+        Some(content_type),
+        "expected the content type for {accept}"
     );
-    must_parse(&response.text(), Format::Text)
+    response.text()
+}
+
+/// `GET /metrics` in the Prometheus text format, parsed strictly.
+async fn scrape(edge: &Edge) -> Exposition {
+    let text = get_metrics(edge, "text/plain", "text/plain; version=0.0.4; charset=utf-8").await;
+    must_parse(&text, Format::Text)
 }
 
 /// `GET /metrics` asking for OpenMetrics, parsed strictly.
 async fn scrape_open_metrics(edge: &Edge) -> (Exposition, String) {
-    let response = edge
-        .admin_get("/metrics", "application/openmetrics-text; version=1.0.0")
-        .await;
-    assert_eq!(
-        response.status,
-        200,
-        "expected /metrics to answer 200: {}",
-        response.text()
-    );
-    assert_eq!(
-        response.header("content-type"),
-        Some("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        "expected the OpenMetrics content type when the scraper asks for it"
-    );
-    let text = response.text();
+    let text = get_metrics(
+        edge,
+        "application/openmetrics-text; version=1.0.0",
+        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+    )
+    .await;
     assert!(
         text.ends_with("# EOF\n"),
         "expected OpenMetrics to end with \"# EOF\": ...{:?}",
