@@ -78,9 +78,11 @@ async fn a_small_max_concurrent_streams_opens_at_most_four_connections() {
         let mut client = client.clone();
         calls.push(tokio::spawn(async move { client.unary(echo("x")).await }));
     }
-    // Connections open, full, and calls queued behind them.
+    // All four connections open and full, and calls queued behind them.
+    // (Calls also wait while a connection is being opened, so `pending`
+    // alone does not show the limit at work.)
     wait_for(&edge, "calls to wait for a slot", Duration::from_secs(2), || {
-        backend.in_flight() >= 10 && edge.cluster("echo").pending > 0
+        backend.in_flight() >= 40 && edge.cluster("echo").pending > 0
     })
     .await;
     let json = edge.upstreams_json().await;
