@@ -14,6 +14,7 @@
 //! - [`grpc_frames`]: length-prefixed frames, by the gRPC-Web request
 //!   scanner and by the message decoder, in any chunking.
 //! - [`json_transcode`]: JSON request bodies → protobuf messages.
+//! - [`wire_json`]: protobuf response messages → JSON, by the wire printer.
 //! - [`json_split`]: client-streaming REST bodies (NDJSON or one array)
 //!   split into messages, in any chunking.
 //! - [`query`]: query strings, and setting message fields from them.
@@ -885,6 +886,70 @@ fn split_json(pieces: &[&[u8]], limit: usize) -> (Vec<Bytes>, Result<(), String>
     (values, end)
 }
 
+/// Prints `data` after its first byte as an encoded response message of one
+/// of `JSON_TYPES` (and the wrappers) with the wire printer, the REST
+/// front end's fast path; the first byte picks the type and the options.
+///
+/// Checked: no panic; what the wire printer prints, the `DynamicMessage`
+/// path decodes and prints as the same JSON (it declines the rest, and the
+/// `DynamicMessage` path answers for it).
+pub fn wire_json(data: &[u8]) {
+    const TYPES: [&str; 12] = [
+        "testing.rest.v1.AllTypes",
+        "testing.rest.v1.Thing",
+        "testing.rest.v1.Nested",
+        "google.protobuf.Timestamp",
+        "google.protobuf.Duration",
+        "google.protobuf.DoubleValue",
+        "google.protobuf.FloatValue",
+        "google.protobuf.Int64Value",
+        "google.protobuf.UInt32Value",
+        "google.protobuf.BytesValue",
+        "google.protobuf.StringValue",
+        "google.protobuf.Empty",
+    ];
+    let Some(pool) = rich_pool() else {
+        debug_assert!(false, "descriptors/testing.binpb does not load");
+        return;
+    };
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let name = TYPES[usize::from(selector >> 4) % TYPES.len()];
+    let Some(descriptor) = pool.get_message_by_name(name) else {
+        debug_assert!(false, "{name} is not in descriptors/testing.binpb");
+        return;
+    };
+    // Bit 2 (emit_unpopulated) turns the wire printer off: keep it clear.
+    let options = Transcoding {
+        json: JsonOptions {
+            use_proto_names: selector & 2 != 0,
+            emit_unpopulated: false,
+            enums_as_ints: selector & 8 != 0,
+        },
+        ..Transcoding::default()
+    };
+    let fast = JsonCodec::for_pool(&options, pool);
+    let Some(printed) = fast.print_encoded(&descriptor, bytes) else {
+        return;
+    };
+    let decoded = DynamicMessage::decode(descriptor, bytes);
+    debug_assert!(decoded.is_ok(), "printed bytes that do not decode: {bytes:02x?}");
+    if let Ok(message) = decoded {
+        let reference = JsonCodec::new(&options).print(&message);
+        let a: Result<serde_json::Value, _> = serde_json::from_slice(&printed);
+        let b: Result<serde_json::Value, _> = serde_json::from_slice(&reference);
+        debug_assert!(a.is_ok(), "not JSON: {}", String::from_utf8_lossy(&printed));
+        debug_assert_eq!(
+            a.ok(),
+            b.ok(),
+            "{} vs {}",
+            String::from_utf8_lossy(&printed),
+            String::from_utf8_lossy(&reference)
+        );
+    }
+}
+
 /// Splits `data` as a client-streaming REST body (NDJSON or one JSON
 /// array of objects), with a small and a large per-message limit.
 ///
@@ -1183,6 +1248,27 @@ mod tests {
                 json_transcode(&input);
             }
         });
+    }
+
+    #[test]
+    fn wire_json_checks_ordinary_and_corrupted_messages() {
+        let pool = rich_pool().unwrap();
+        let all = pool.get_message_by_name("testing.rest.v1.AllTypes").unwrap();
+        let codec = codec(0);
+        let json = br#"{"d": 1.5, "i64": "-3", "text": "hi", "color": "RED", "ids": [1, 2],
+            "nested": {"label": "n", "deeper": {"big": "9"}}, "when": "2024-01-02T03:04:05.678Z",
+            "wait": "1.5s", "wI32": 7, "counts": {"a": 1, "b": 2}, "pickText": "t", "maybe": ""}"#;
+        let bytes = codec.parse(all.clone(), json, "").unwrap().encode_to_vec();
+        let fast = JsonCodec::for_pool(&Transcoding::default(), pool);
+        assert!(fast.print_encoded(&all, &bytes).is_some(), "the wire printer declined");
+        for options in [0x00, 0x02, 0x08, 0x0a] {
+            let mut input = vec![options];
+            input.extend_from_slice(&bytes);
+            wire_json(&input);
+            for cut in 0..bytes.len() {
+                wire_json(&input[..=cut]);
+            }
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl RestFrontEnd {
     pub(crate) fn new(router: RestRouter, pool: DescriptorPool, options: &Transcoding) -> Self {
         Self {
             router,
-            codec: JsonCodec::new(options),
+            codec: JsonCodec::for_pool(options, &pool),
             pool,
             max_request_body: options.max_request_body.as_usize(),
             max_response_message: options.max_response_message.as_usize(),

@@ -140,6 +140,16 @@ pub(crate) async fn unary(
         return error_response(&status, &rest.pool, &rest.codec, headers);
     };
     let output = binding.method.descriptor.output();
+    if binding.response_body.is_none()
+        && let Some(json) = rest.codec.print_encoded(&output, message)
+    {
+        let mut response = Response::new(Body::full(json));
+        *response.headers_mut() = headers;
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+        return response;
+    }
     let decoded = match DynamicMessage::decode(output, message.clone()) {
         Ok(decoded) => decoded,
         Err(e) => {

@@ -222,12 +222,18 @@ struct Renderer {
 
 impl Renderer {
     fn message(&mut self, bytes: Bytes) -> Result<Bytes, Status> {
-        let message = DynamicMessage::decode(self.output.clone(), bytes)
-            .map_err(|e| Status::new(Code::Internal, format!("cannot decode an upstream message: {e}")))?;
-        let json = match (&self.format, &self.response_body) {
-            (Format::Raw, _) => return Ok(Bytes::from(raw_http_body(&message).1)),
-            (_, Some(field)) => self.codec.print_field(&message, field),
-            (_, None) => self.codec.print(&message),
+        let whole = !matches!(self.format, Format::Raw) && self.response_body.is_none();
+        let json = match whole.then(|| self.codec.print_encoded(&self.output, &bytes)).flatten() {
+            Some(json) => json,
+            None => {
+                let message = DynamicMessage::decode(self.output.clone(), bytes)
+                    .map_err(|e| Status::new(Code::Internal, format!("cannot decode an upstream message: {e}")))?;
+                match (&self.format, &self.response_body) {
+                    (Format::Raw, _) => return Ok(Bytes::from(raw_http_body(&message).1)),
+                    (_, Some(field)) => self.codec.print_field(&message, field),
+                    (_, None) => self.codec.print(&message),
+                }
+            }
         };
         let mut out = BytesMut::with_capacity(json.len() + 24);
         match self.format {

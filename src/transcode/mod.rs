@@ -8,8 +8,10 @@
 
 pub(crate) mod fields;
 mod non_finite;
+pub(crate) mod wire_json;
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message;
@@ -21,6 +23,7 @@ use serde::Serialize;
 
 use crate::config::Transcoding;
 use crate::status::{Code, Status};
+use wire_json::WirePrinter;
 
 /// One problem with one field of a request, as in `google.rpc.BadRequest`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +59,12 @@ pub(crate) struct JsonCodec {
     print: SerializeOptions,
     parse: DeserializeOptions,
     use_proto_names: bool,
+    /// Prints encoded messages without decoding them first, where it can.
+    wire: Option<Arc<WirePrinter>>,
 }
 
 impl JsonCodec {
+    /// A codec that always prints through a `DynamicMessage`.
     pub(crate) fn new(options: &Transcoding) -> Self {
         Self {
             print: SerializeOptions::new()
@@ -67,7 +73,24 @@ impl JsonCodec {
                 .use_enum_numbers(options.json.enums_as_ints),
             parse: DeserializeOptions::new().deny_unknown_fields(options.reject_unknown_fields),
             use_proto_names: options.json.use_proto_names,
+            wire: None,
         }
+    }
+
+    /// A codec that prints encoded messages of `pool`'s types straight from
+    /// the wire where it can (see [`wire_json`]).
+    pub(crate) fn for_pool(options: &Transcoding, pool: &DescriptorPool) -> Self {
+        Self {
+            wire: WirePrinter::new(pool, &options.json).map(Arc::new),
+            ..Self::new(options)
+        }
+    }
+
+    /// The JSON of an encoded message of type `descriptor`, printed without
+    /// decoding it; `None` when the wire printer declines it, and the caller
+    /// decodes it and calls [`JsonCodec::print`].
+    pub(crate) fn print_encoded(&self, descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<Vec<u8>> {
+        self.wire.as_deref()?.print(descriptor.full_name(), bytes)
     }
 
     /// Parses JSON into a message of type `descriptor`. Errors name the field

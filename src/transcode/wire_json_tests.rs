@@ -1,0 +1,441 @@
+//! The wire printer against the `DynamicMessage` path: hand-picked cases,
+//! then random messages of a type with every kind of field, encoded
+//! canonically and then reshuffled, repeated and corrupted the ways a
+//! backend's encoder may (or may not) write them.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, Value};
+
+use super::*;
+use crate::config::{JsonOptions, Transcoding};
+use crate::transcode::JsonCodec;
+
+const PROTO: &str = r#"
+syntax = "proto3";
+package wire.test;
+import "google/protobuf/timestamp.proto";
+import "google/protobuf/duration.proto";
+import "google/protobuf/wrappers.proto";
+import "google/protobuf/struct.proto";
+import "google/protobuf/empty.proto";
+
+enum Kind {
+  option allow_alias = true;
+  KIND_UNSPECIFIED = 0;
+  BOOK = 1;
+  VOLUME = 1;
+  FILM = 2;
+}
+
+message Every {
+  double d = 1; float f = 2; int32 i32 = 3; int64 i64 = 4; uint32 u32 = 5; uint64 u64 = 6;
+  sint32 s32 = 7; sint64 s64 = 8; fixed32 fx32 = 9; fixed64 fx64 = 10; sfixed32 sfx32 = 11;
+  sfixed64 sfx64 = 12; bool flag = 13; string text = 14; bytes raw = 15; Kind kind = 16;
+  repeated double ds = 17; repeated float fs = 18; repeated int32 i32s = 19; repeated int64 i64s = 20;
+  repeated uint32 u32s = 21; repeated uint64 u64s = 22; repeated sint32 s32s = 23;
+  repeated sint64 s64s = 24; repeated fixed32 fx32s = 25; repeated fixed64 fx64s = 26;
+  repeated sfixed32 sfx32s = 27; repeated sfixed64 sfx64s = 28; repeated bool flags = 29;
+  repeated string texts = 30; repeated bytes raws = 31; repeated Kind kinds = 32;
+  Every child = 33; repeated Every children = 34;
+  map<string, Every> by_name = 35; map<int32, string> by_i32 = 36; map<int64, Kind> by_i64 = 37;
+  map<uint32, bytes> by_u32 = 38; map<uint64, double> by_u64 = 39; map<sint32, int64> by_s32 = 40;
+  map<sint64, bool> by_s64 = 41; map<fixed32, float> by_fx32 = 42; map<fixed64, uint64> by_fx64 = 43;
+  map<sfixed32, sint32> by_sfx32 = 44; map<sfixed64, google.protobuf.Timestamp> by_sfx64 = 45;
+  map<bool, google.protobuf.Int64Value> by_flag = 46;
+  google.protobuf.Timestamp when = 47; google.protobuf.Duration wait = 48;
+  google.protobuf.DoubleValue w_d = 49; google.protobuf.FloatValue w_f = 50;
+  google.protobuf.Int64Value w_i64 = 51; google.protobuf.UInt64Value w_u64 = 52;
+  google.protobuf.Int32Value w_i32 = 53; google.protobuf.UInt32Value w_u32 = 54;
+  google.protobuf.BoolValue w_flag = 55; google.protobuf.StringValue w_text = 56;
+  google.protobuf.BytesValue w_raw = 57;
+  google.protobuf.Empty empty = 58; google.protobuf.NullValue nothing = 59;
+  oneof choice { string pick_text = 60; Every pick_child = 61; int32 pick_number = 62; }
+  optional int32 maybe_i32 = 63; optional string maybe_text = 64; optional Kind maybe_kind = 65;
+  repeated google.protobuf.Timestamp whens = 66; repeated google.protobuf.Duration waits = 67;
+  google.protobuf.Struct object = 68;
+  string name_with_Caps_and_under_score = 69;
+  repeated Kind unpacked_kinds = 70 [packed = false];
+}
+"#;
+
+fn pool() -> DescriptorPool {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("every.proto"), PROTO).unwrap();
+    let files = protox::compile(["every.proto"], [dir.path()]).unwrap();
+    DescriptorPool::from_file_descriptor_set(files).unwrap()
+}
+
+fn every(pool: &DescriptorPool) -> MessageDescriptor {
+    pool.get_message_by_name("wire.test.Every").unwrap()
+}
+
+fn options(use_proto_names: bool, enums_as_ints: bool) -> JsonOptions {
+    JsonOptions {
+        use_proto_names,
+        enums_as_ints,
+        ..JsonOptions::default()
+    }
+}
+
+/// What the `DynamicMessage` path prints for `bytes`, if it decodes.
+fn reference(codec: &JsonCodec, descriptor: &MessageDescriptor, bytes: &[u8]) -> Option<String> {
+    let message = DynamicMessage::decode(descriptor.clone(), bytes).ok()?;
+    Some(String::from_utf8(codec.print(&message)).unwrap())
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// Both paths agree on `bytes`; returns whether the wire printer printed it.
+fn agree(printer: &WirePrinter, codec: &JsonCodec, descriptor: &MessageDescriptor, bytes: &[u8]) -> bool {
+    let Some(fast) = printer.print(descriptor.full_name(), bytes) else {
+        return false;
+    };
+    let fast = String::from_utf8(fast).expect("the wire printer wrote UTF-8");
+    let Some(slow) = reference(codec, descriptor, bytes) else {
+        panic!("printed {fast} from bytes the DynamicMessage path rejects: {bytes:02x?}");
+    };
+    // Maps print sorted here and in hash order there: compare as values,
+    // and as text when order cannot differ.
+    assert_eq!(json(&fast), json(&slow), "bytes {bytes:02x?}");
+    if !slow.contains("\"by") {
+        assert_eq!(fast, slow, "bytes {bytes:02x?}");
+    }
+    true
+}
+
+#[test]
+fn prints_what_the_dynamic_message_path_prints() {
+    let pool = pool();
+    let descriptor = every(&pool);
+    let codec = JsonCodec::new(&Transcoding::default());
+    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let mut message = DynamicMessage::new(descriptor.clone());
+    let set = |m: &mut DynamicMessage, name: &str, value: Value| m.set_field_by_name(name, value);
+    set(&mut message, "i64", Value::I64(-5));
+    set(&mut message, "text", Value::String("é\"\n\u{1}".into()));
+    set(&mut message, "raw", Value::Bytes(vec![0, 255, 7].into()));
+    set(&mut message, "kind", Value::EnumNumber(1));
+    set(
+        &mut message,
+        "kinds",
+        Value::List(vec![Value::EnumNumber(2), Value::EnumNumber(9)]),
+    );
+    set(&mut message, "f", Value::F32(f32::NAN));
+    set(
+        &mut message,
+        "ds",
+        Value::List(vec![Value::F64(1.0), Value::F64(f64::NEG_INFINITY)]),
+    );
+    set(&mut message, "maybe_i32", Value::I32(0));
+    set(&mut message, "nothing", Value::EnumNumber(0));
+    set(
+        &mut message,
+        "name_with_Caps_and_under_score",
+        Value::String("x".into()),
+    );
+    let bytes = message.encode_to_vec();
+    assert!(agree(&printer, &codec, &descriptor, &bytes));
+    let printed = String::from_utf8(printer.print("wire.test.Every", &bytes).unwrap()).unwrap();
+    assert_eq!(
+        printed,
+        r#"{"f":"NaN","i64":"-5","text":"é\"\n\u0001","raw":"AP8H","kind":"BOOK","ds":[1.0,"-Infinity"],"kinds":["FILM",9],"maybeI32":0,"nameWithCapsAndUnderScore":"x"}"#
+    );
+}
+
+#[test]
+fn fields_out_of_order_unpacked_or_unknown_print_as_decoded() {
+    let pool = pool();
+    let descriptor = every(&pool);
+    let codec = JsonCodec::new(&Transcoding::default());
+    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        // text = "b" then i32 = 1: printed in field-number order.
+        ("out of order", &[0x72, 1, b'b', 0x18, 1]),
+        // i32s: 1 unpacked, then [2, 3] packed, then 4 unpacked.
+        ("mixed packing", &[0x98, 1, 1, 0x9a, 1, 2, 2, 3, 0x98, 1, 4]),
+        // field 1000 (unknown, varint) and field 999 (unknown, bytes) skipped.
+        ("unknown fields", &[0xc0, 0x3e, 5, 0xba, 0x3e, 1, 0, 0x18, 7]),
+        // i32 = 0 written explicitly: still left out.
+        ("explicit default", &[0x18, 0]),
+        // i32 = 1 as a two-byte varint.
+        ("long varint", &[0x18, 0x81, 0x00]),
+        // unpacked_kinds sent packed, which decoders must accept.
+        ("packed where unpacked is declared", &[0xb2, 4, 2, 1, 2]),
+        // An empty packed list is no list at all.
+        ("empty packed list", &[0x9a, 1, 0]),
+        // A map entry with neither key nor value.
+        ("empty map entry", &[0xa2, 2, 0]),
+        // by_i32: {1: "a"}, then {1: "b"}: the last wins.
+        (
+            "repeated map key",
+            &[0xa2, 2, 5, 8, 1, 0x12, 1, b'a', 0xa2, 2, 5, 8, 1, 0x12, 1, b'b'],
+        ),
+    ];
+    for (what, bytes) in cases {
+        assert!(agree(&printer, &codec, &descriptor, bytes), "{what}: declined");
+    }
+}
+
+#[test]
+fn declines_what_only_the_dynamic_message_path_handles() {
+    let pool = pool();
+    let descriptor = every(&pool);
+    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        ("i32 set twice", &[0x18, 1, 0x18, 2]),
+        ("child set twice (merged)", &[0x8a, 2, 2, 0x18, 1, 0x8a, 2, 2, 0x20, 1]),
+        ("two members of a oneof", &[0xe2, 3, 1, b'a', 0xf0, 3, 1]),
+        ("a Struct", &[0xa2, 4, 0]),
+        ("text not UTF-8", &[0x72, 1, 0xff]),
+        ("truncated", &[0x72, 5, b'a']),
+        ("wrong wire type", &[0x1d, 0, 0, 0, 0]),
+        ("a group", &[0x1b, 0x1c]),
+        ("field number 0", &[0x00, 1]),
+        (
+            "varint too long",
+            &[0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+        ),
+        // seconds = 2^41 in both.
+        (
+            "timestamp after 9999",
+            &[0xfa, 2, 7, 8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40],
+        ),
+        (
+            "duration over 10,000 years",
+            &[0x82, 3, 7, 8, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40],
+        ),
+    ];
+    for (what, bytes) in cases {
+        assert!(printer.print("wire.test.Every", bytes).is_none(), "{what}: printed");
+    }
+    assert!(printer.print("wire.test.Nope", &[]).is_none());
+    let json = JsonOptions {
+        emit_unpopulated: true,
+        ..JsonOptions::default()
+    };
+    assert!(WirePrinter::new(&pool, &json).is_none());
+    let _ = descriptor;
+}
+
+#[test]
+fn nesting_deeper_than_the_decoder_allows_declines_without_overflowing() {
+    let pool = pool();
+    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    // child { child { ... } }, 1,000 deep, each level's length prefixed.
+    let mut bytes = Vec::new();
+    for _ in 0..1_000 {
+        let mut outer = vec![0x8a, 2];
+        prost::encoding::encode_varint(bytes.len() as u64, &mut outer);
+        outer.extend_from_slice(&bytes);
+        bytes = outer;
+    }
+    assert!(printer.print("wire.test.Every", &bytes).is_none());
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce; it
+/// also counts the `Struct`s it generated, which the wire printer declines.
+struct Rng(u64, u32);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self, one_in: u64) -> bool {
+        self.below(one_in) == 0
+    }
+}
+
+fn random_value(rng: &mut Rng, kind: &Kind, depth: u32) -> Value {
+    let edge = |rng: &mut Rng, values: &[u64]| values[rng.below(values.len() as u64) as usize];
+    let bits = match rng.below(3) {
+        0 => edge(rng, &[0, 1, u64::MAX, 1 << 31, 1 << 63, (1 << 32) - 1]),
+        1 => rng.below(300),
+        _ => rng.next(),
+    };
+    match kind {
+        Kind::Double => Value::F64(match rng.below(4) {
+            0 => f64::from_bits(bits),
+            1 => [0.0, -0.0, 0.1, 1e300, f64::NAN, f64::INFINITY][rng.below(6) as usize],
+            _ => bits as f64 / 7.0,
+        }),
+        Kind::Float => Value::F32(match rng.below(4) {
+            0 => f32::from_bits(bits as u32),
+            1 => [0.0, -0.0, 0.1, 3e38, f32::NAN, f32::NEG_INFINITY][rng.below(6) as usize],
+            _ => bits as f32 / 7.0,
+        }),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(bits as i32),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(bits as i64),
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(bits as u32),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(bits),
+        Kind::Bool => Value::Bool(bits & 1 == 1),
+        Kind::String => Value::String(
+            ["", "a", "é", "\"\\/\u{0}\u{1f}", "日本語", "x y", "\u{2028}"][rng.below(7) as usize]
+                .repeat(rng.below(3) as usize + 1),
+        ),
+        Kind::Bytes => Value::Bytes((0..rng.below(5)).map(|_| rng.next() as u8).collect::<Vec<_>>().into()),
+        Kind::Enum(_) => Value::EnumNumber([0, 1, 2, 7, -1][rng.below(5) as usize]),
+        Kind::Message(m) => Value::Message(random_message(rng, m, depth + 1)),
+    }
+}
+
+fn random_key(rng: &mut Rng, kind: &Kind) -> MapKey {
+    match random_value(rng, kind, 0) {
+        Value::Bool(v) => MapKey::Bool(v),
+        Value::I32(v) => MapKey::I32(v % 4),
+        Value::I64(v) => MapKey::I64(v % 4),
+        Value::U32(v) => MapKey::U32(v % 4),
+        Value::U64(v) => MapKey::U64(v),
+        Value::String(v) => MapKey::String(v),
+        other => panic!("not a key: {other:?}"),
+    }
+}
+
+fn random_message(rng: &mut Rng, descriptor: &MessageDescriptor, depth: u32) -> DynamicMessage {
+    let mut message = DynamicMessage::new(descriptor.clone());
+    match descriptor.full_name() {
+        "google.protobuf.Timestamp" | "google.protobuf.Duration" => {
+            let seconds = rng.below(20_000_000_000) as i64 - 10_000_000_000;
+            let nanos = [0, 1_000_000, 1_000, 1, 999_999_999][rng.below(5) as usize];
+            let nanos = if descriptor.name() == "Duration" && seconds < 0 {
+                -nanos
+            } else {
+                nanos
+            };
+            message.set_field_by_name("seconds", Value::I64(seconds));
+            message.set_field_by_name("nanos", Value::I32(nanos));
+            return message;
+        }
+        // Declined anyway; kept rare so most messages are printed.
+        "google.protobuf.Struct" => return message,
+        _ => {}
+    }
+    for field in descriptor.fields() {
+        let nested = matches!(field.kind(), Kind::Message(_));
+        if (nested && depth > 3) || !rng.chance(3) {
+            continue;
+        }
+        if field.full_name() == "wire.test.Every.object" {
+            if !rng.chance(10) {
+                continue;
+            }
+            rng.1 += 1;
+        }
+        let value = if field.is_map() {
+            let Kind::Message(entry) = field.kind() else {
+                unreachable!()
+            };
+            let (key, value) = (entry.map_entry_key_field().kind(), entry.map_entry_value_field().kind());
+            let entries: HashMap<MapKey, Value> = (0..rng.below(4))
+                .map(|_| (random_key(rng, &key), random_value(rng, &value, depth)))
+                .collect();
+            Value::Map(entries)
+        } else if field.is_list() {
+            Value::List(
+                (0..rng.below(4))
+                    .map(|_| random_value(rng, &field.kind(), depth))
+                    .collect(),
+            )
+        } else {
+            random_value(rng, &field.kind(), depth)
+        };
+        message.set_field(&field, value);
+    }
+    message
+}
+
+/// The top-level fields of an encoding, as byte ranges.
+fn top_level_fields(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let start = at;
+        read_field(bytes, &mut at).unwrap();
+        ranges.push(start..at);
+    }
+    ranges
+}
+
+/// Rewrites a canonical encoding the ways encoders and the network may:
+/// fields reordered or repeated, or bytes corrupted.
+fn reshape(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+    let mut fields = top_level_fields(bytes);
+    match rng.below(4) {
+        0 => {
+            for i in (1..fields.len()).rev() {
+                fields.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+        }
+        1 if !fields.is_empty() => {
+            let again = fields[rng.below(fields.len() as u64) as usize].clone();
+            fields.push(again);
+        }
+        2 if !bytes.is_empty() => {
+            let mut corrupted = bytes.to_vec();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(corrupted.len() as u64) as usize;
+                match rng.below(3) {
+                    0 => corrupted[at] = rng.next() as u8,
+                    1 => corrupted.truncate(at),
+                    _ => corrupted.insert(at, rng.next() as u8),
+                }
+                if corrupted.is_empty() {
+                    break;
+                }
+            }
+            return corrupted;
+        }
+        _ => {}
+    }
+    fields
+        .iter()
+        .flat_map(|range| bytes[range.clone()].iter().copied())
+        .collect()
+}
+
+#[test]
+fn random_messages_print_the_same_both_ways() {
+    let pool = pool();
+    let descriptor = every(&pool);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15, 0);
+    for (use_proto_names, enums_as_ints) in [(false, false), (true, false), (false, true), (true, true)] {
+        let json = options(use_proto_names, enums_as_ints);
+        let codec = JsonCodec::new(&Transcoding {
+            json: json.clone(),
+            ..Transcoding::default()
+        });
+        let printer = WirePrinter::new(&pool, &json).unwrap();
+        let (mut canonical_printed, mut reshaped_printed) = (0, 0);
+        for _ in 0..300 {
+            let structs = rng.1;
+            let bytes = random_message(&mut rng, &descriptor, 0).encode_to_vec();
+            if agree(&printer, &codec, &descriptor, &bytes) {
+                canonical_printed += 1;
+            } else {
+                assert!(rng.1 > structs, "declined a canonical message: {bytes:02x?}");
+            }
+            for _ in 0..4 {
+                reshaped_printed += usize::from(agree(&printer, &codec, &descriptor, &reshape(&mut rng, &bytes)));
+            }
+        }
+        // About one in five holds a Struct somewhere; half the reshaped
+        // ones repeat a field or are corrupted.
+        println!("{canonical_printed} of 300 printed, {reshaped_printed} of 1,200 reshaped");
+        assert!(canonical_printed > 180, "only {canonical_printed} of 300 printed");
+        assert!(
+            reshaped_printed > 300,
+            "only {reshaped_printed} of 1,200 reshaped printed"
+        );
+    }
+}
