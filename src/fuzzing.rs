@@ -887,14 +887,14 @@ fn split_json(pieces: &[&[u8]], limit: usize) -> (Vec<Bytes>, Result<(), String>
 }
 
 /// Prints `data` after its first byte as an encoded response message of one
-/// of `JSON_TYPES` (and the wrappers) with the wire printer, the REST
+/// of sixteen types (every field type, recursion, the well-known types) with the wire printer, the REST
 /// front end's fast path; the first byte picks the type and the options.
 ///
 /// Checked: no panic; what the wire printer prints, the `DynamicMessage`
 /// path decodes and prints as the same JSON (it declines the rest, and the
 /// `DynamicMessage` path answers for it).
 pub fn wire_json(data: &[u8]) {
-    const TYPES: [&str; 12] = [
+    const TYPES: [&str; 16] = [
         "testing.rest.v1.AllTypes",
         "testing.rest.v1.Thing",
         "testing.rest.v1.Nested",
@@ -907,6 +907,10 @@ pub fn wire_json(data: &[u8]) {
         "google.protobuf.BytesValue",
         "google.protobuf.StringValue",
         "google.protobuf.Empty",
+        "google.protobuf.Struct",
+        "google.protobuf.Value",
+        "google.protobuf.Any",
+        "google.protobuf.FieldMask",
     ];
     let Some(pool) = rich_pool() else {
         debug_assert!(false, "descriptors/testing.binpb does not load");

@@ -4,15 +4,18 @@
 //! `Timestamp`) only to walk it once; this reads each field off the wire and
 //! writes its JSON at once, with plans compiled from the pool at start-up.
 //!
-//! It prints exactly what the `DynamicMessage` path prints for the same bytes
-//! (a differential test and a fuzz target hold it to that, map key order
-//! aside: maps print sorted here, in hash order there). For anything rare or
-//! intricate it declines, and the caller takes the `DynamicMessage` path,
-//! which also reports malformed bytes: `Any`, `Struct`, `Value`,
-//! `ListValue`, `FieldMask`, messages with extensions or groups, a singular
-//! field or oneof set twice (merge semantics), a map entry with a repeated
-//! key or value, an out-of-range `Timestamp` or `Duration`, malformed bytes,
-//! nesting deeper than 100, and the `emit_unpopulated` option.
+//! It prints exactly what the `DynamicMessage` path prints for the same bytes,
+//! every well-known type included (a differential test and a fuzz target
+//! hold it to that, map key order aside: maps print sorted here, in hash
+//! order there). For anything rare or intricate it declines, and the caller
+//! takes the `DynamicMessage` path, which also reports what cannot be
+//! printed: messages with extensions or groups, a singular field or oneof
+//! set twice (merge semantics), a map entry with a repeated key or value, a
+//! `Value` with two kinds, malformed bytes, nesting deeper than 100, and the
+//! `emit_unpopulated` option; and what has no JSON form: an out-of-range
+//! `Timestamp` or `Duration`, a non-finite number in a `Value`, a
+//! `FieldMask` path with no camelCase form, an `Any` of a type the pool
+//! does not hold.
 
 use std::collections::HashMap;
 use std::io::Write as _;
@@ -96,6 +99,23 @@ enum MessagePlan {
     Duration,
     /// `google.protobuf.*Value`: the value of field 1.
     Wrapper(Scalar),
+    Empty,
+    FieldMask,
+    /// `google.protobuf.Struct`; `value` is `google.protobuf.Value`'s index.
+    Struct {
+        value: u32,
+    },
+    /// `google.protobuf.Value`, with `Struct`'s and `ListValue`'s indexes.
+    Value {
+        structure: u32,
+        list: u32,
+    },
+    /// `google.protobuf.ListValue`; `value` is `google.protobuf.Value`'s index.
+    ListValue {
+        value: u32,
+    },
+    /// `google.protobuf.Any`: the type its URL names, from the pool.
+    Any,
     /// Always declined (see the module docs).
     Unsupported,
 }
@@ -198,7 +218,7 @@ impl WirePrinter {
             return Err(Decline);
         }
         match &self.messages[index as usize] {
-            MessagePlan::Fields(fields) => self.fields(fields, bytes, depth, scratch, out),
+            MessagePlan::Fields(fields) => self.fields(fields, bytes, depth, scratch, out, Open::Brace),
             MessagePlan::Timestamp => {
                 let (seconds, nanos) = seconds_and_nanos(bytes)?;
                 if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) {
@@ -228,7 +248,138 @@ impl WirePrinter {
                     None => self.value(*scalar, &default_of(*scalar), depth, scratch, out),
                 }
             }
+            MessagePlan::Empty => {
+                // Unknown fields are skipped, but must be well formed.
+                for raw in Fields::new(bytes) {
+                    raw?;
+                }
+                out.extend_from_slice(b"{}");
+                Ok(())
+            }
+            MessagePlan::FieldMask => {
+                let mut text = String::new();
+                for raw in Fields::new(bytes) {
+                    let raw = raw?;
+                    if raw.field != 1 {
+                        continue;
+                    }
+                    let Decoded::Str(path) = decode(Scalar::String, raw, bytes)? else {
+                        return Err(Decline);
+                    };
+                    if !text.is_empty() {
+                        text.push(',');
+                    }
+                    for (i, part) in path.split('.').enumerate() {
+                        if i > 0 {
+                            text.push('.');
+                        }
+                        snake_to_camel(&mut text, part)?;
+                    }
+                }
+                let _ = write_str(out, &text);
+                Ok(())
+            }
+            MessagePlan::Struct { value } => {
+                let base = scratch.len();
+                for raw in Fields::new(bytes) {
+                    let raw = raw?;
+                    if raw.field == 1 {
+                        scratch.push(raw);
+                    }
+                }
+                let end = scratch.len();
+                let result = self.map(
+                    Scalar::String,
+                    Scalar::Message(*value),
+                    bytes,
+                    base..end,
+                    depth,
+                    scratch,
+                    out,
+                );
+                scratch.truncate(base);
+                result
+            }
+            MessagePlan::Value { structure, list } => {
+                let mut kind = None;
+                for raw in Fields::new(bytes) {
+                    let raw = raw?;
+                    // Two kinds set (or one twice, which may merge): decline.
+                    if (1..=6).contains(&raw.field) && kind.replace(raw).is_some() {
+                        return Err(Decline);
+                    }
+                }
+                let Some(raw) = kind else {
+                    out.extend_from_slice(b"null");
+                    return Ok(());
+                };
+                let scalar = match raw.field {
+                    1 => Scalar::Int32,
+                    2 => Scalar::Double,
+                    3 => Scalar::String,
+                    4 => Scalar::Bool,
+                    5 => Scalar::Message(*structure),
+                    _ => Scalar::Message(*list),
+                };
+                match decode(scalar, raw, bytes)? {
+                    // `null_value`, whatever its number.
+                    Decoded::I32(_) => {
+                        out.extend_from_slice(b"null");
+                        Ok(())
+                    }
+                    // The JSON mapping has no form for these in a Value.
+                    Decoded::F64(number) if !number.is_finite() => Err(Decline),
+                    value => self.value(scalar, &value, depth, scratch, out),
+                }
+            }
+            MessagePlan::ListValue { value } => {
+                out.push(b'[');
+                let mut first = true;
+                for raw in Fields::new(bytes) {
+                    let raw = raw?;
+                    if raw.field != 1 {
+                        continue;
+                    }
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let element = decode(Scalar::Message(*value), raw, bytes)?;
+                    self.value(Scalar::Message(*value), &element, depth, scratch, out)?;
+                }
+                out.push(b']');
+                Ok(())
+            }
+            MessagePlan::Any => self.any(bytes, depth, scratch, out),
             MessagePlan::Unsupported => Err(Decline),
+        }
+    }
+
+    /// `{"@type": url, ...}`: the fields of the message the URL names, or
+    /// its JSON form as `"value"` when it is a well-known type.
+    fn any(&self, bytes: &[u8], depth: u32, scratch: &mut Vec<Raw>, out: &mut Vec<u8>) -> Printed {
+        let (mut url, mut payload) = ("", &[][..]);
+        for raw in Fields::new(bytes) {
+            let raw = raw?;
+            match (raw.field, decode_any_field(raw, bytes)?) {
+                (1, Decoded::Str(text)) => url = text,
+                (2, Decoded::Bytes(value)) => payload = value,
+                _ => {}
+            }
+        }
+        let (_, name) = url.rsplit_once('/').ok_or(Decline)?;
+        let &index = self.by_name.get(name).ok_or(Decline)?;
+        out.extend_from_slice(b"{\"@type\":");
+        let _ = write_str(out, url);
+        match &self.messages[index as usize] {
+            MessagePlan::Fields(fields) => self.fields(fields, payload, depth + 1, scratch, out, Open::AfterType),
+            MessagePlan::Unsupported => Err(Decline),
+            _ => {
+                out.extend_from_slice(b",\"value\":");
+                self.message(index, payload, depth + 1, scratch, out)?;
+                out.push(b'}');
+                Ok(())
+            }
         }
     }
 
@@ -241,6 +392,7 @@ impl WirePrinter {
         depth: u32,
         scratch: &mut Vec<Raw>,
         out: &mut Vec<u8>,
+        open: Open,
     ) -> Printed {
         let base = scratch.len();
         let mut sorted = true;
@@ -259,11 +411,12 @@ impl WirePrinter {
         if !sorted {
             scratch[base..].sort_by_key(|raw| raw.field);
         }
-        let result = self.print_fields(plan, bytes, base, depth, scratch, out);
+        let result = self.print_fields(plan, bytes, base, depth, scratch, out, open);
         scratch.truncate(base);
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn print_fields(
         &self,
         plan: &[FieldPlan],
@@ -272,11 +425,17 @@ impl WirePrinter {
         depth: u32,
         scratch: &mut Vec<Raw>,
         out: &mut Vec<u8>,
+        open: Open,
     ) -> Printed {
         let end = scratch.len();
         let mut oneofs_seen = 0u64;
-        let mut first = true;
-        out.push(b'{');
+        let mut first = match open {
+            Open::Brace => {
+                out.push(b'{');
+                true
+            }
+            Open::AfterType => false,
+        };
         let mut i = base;
         while i < end {
             let field = &plan[scratch[i].field as usize];
@@ -494,6 +653,46 @@ impl WirePrinter {
     }
 }
 
+/// How a message's fields begin: with `{`, or after an `Any`'s `{"@type":…`.
+#[derive(Clone, Copy)]
+enum Open {
+    Brace,
+    AfterType,
+}
+
+/// An `Any`'s `type_url` (field 1) or `value` (field 2); other fields as they come.
+fn decode_any_field(raw: Raw, bytes: &[u8]) -> Result<Decoded<'_>, Decline> {
+    match raw.field {
+        1 => decode(Scalar::String, raw, bytes),
+        2 => decode(Scalar::Bytes, raw, bytes),
+        _ => Ok(Decoded::Bool(false)),
+    }
+}
+
+/// `snake_case` → `lowerCamelCase`, declining names that would not come
+/// back the same way (an upper-case letter, or `_` before a non-letter).
+fn snake_to_camel(out: &mut String, name: &str) -> Printed {
+    let mut upper_next = false;
+    for c in name.chars() {
+        if c.is_ascii_uppercase() {
+            return Err(Decline);
+        }
+        if upper_next {
+            let upper = c.to_ascii_uppercase();
+            if upper == c {
+                return Err(Decline);
+            }
+            out.push(upper);
+            upper_next = false;
+        } else if c == '_' {
+            upper_next = true;
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(())
+}
+
 /// Names of messages and enums → their plan indexes, while compiling.
 struct Lookup<'a> {
     messages: &'a HashMap<String, u32>,
@@ -513,13 +712,27 @@ fn plan_message(message: &MessageDescriptor, lookup: &Lookup<'_>, use_proto_name
         "google.protobuf.BoolValue" => return MessagePlan::Wrapper(Scalar::Bool),
         "google.protobuf.StringValue" => return MessagePlan::Wrapper(Scalar::String),
         "google.protobuf.BytesValue" => return MessagePlan::Wrapper(Scalar::Bytes),
-        "google.protobuf.Any"
-        | "google.protobuf.Struct"
-        | "google.protobuf.Value"
-        | "google.protobuf.ListValue"
-        | "google.protobuf.FieldMask"
+        "google.protobuf.Empty" => return MessagePlan::Empty,
+        "google.protobuf.FieldMask" => return MessagePlan::FieldMask,
+        "google.protobuf.Any" => return MessagePlan::Any,
+        "google.protobuf.Struct" | "google.protobuf.Value" | "google.protobuf.ListValue" => {
+            let index = |name: &str| lookup.messages.get(name).copied();
+            let indexes = (
+                index("google.protobuf.Struct"),
+                index("google.protobuf.Value"),
+                index("google.protobuf.ListValue"),
+            );
+            let (Some(structure), Some(value), Some(list)) = indexes else {
+                return MessagePlan::Unsupported;
+            };
+            return match message.name() {
+                "Struct" => MessagePlan::Struct { value },
+                "Value" => MessagePlan::Value { structure, list },
+                _ => MessagePlan::ListValue { value },
+            };
+        }
         // Sent raw, not as JSON: the caller handles it.
-        | "google.api.HttpBody" => return MessagePlan::Unsupported,
+        "google.api.HttpBody" => return MessagePlan::Unsupported,
         _ => {}
     }
     if message.extensions().next().is_some() {
@@ -735,6 +948,9 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Result<u64, Decline> {
 }
 
 fn slice(bytes: &[u8], raw: Raw) -> Result<&[u8], Decline> {
+    if raw.wire != WIRE_LEN {
+        return Err(Decline);
+    }
     let start = usize::try_from(raw.value).map_err(|_| Decline)?;
     bytes.get(start..start + raw.len as usize).ok_or(Decline)
 }
