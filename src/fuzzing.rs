@@ -924,11 +924,10 @@ pub fn wire_json(data: &[u8]) {
         debug_assert!(false, "{name} is not in descriptors/testing.binpb");
         return;
     };
-    // Bit 2 (emit_unpopulated) turns the wire printer off: keep it clear.
     let options = Transcoding {
         json: JsonOptions {
             use_proto_names: selector & 2 != 0,
-            emit_unpopulated: false,
+            emit_unpopulated: selector & 4 != 0,
             enums_as_ints: selector & 8 != 0,
         },
         ..Transcoding::default()
@@ -1265,7 +1264,7 @@ mod tests {
         let bytes = codec.parse(all.clone(), json, "").unwrap().encode_to_vec();
         let fast = JsonCodec::for_pool(&Transcoding::default(), pool);
         assert!(fast.print_encoded(&all, &bytes).is_some(), "the wire printer declined");
-        for options in [0x00, 0x02, 0x08, 0x0a] {
+        for options in [0x00, 0x02, 0x04, 0x08, 0x0e] {
             let mut input = vec![options];
             input.extend_from_slice(&bytes);
             wire_json(&input);

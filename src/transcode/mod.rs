@@ -81,7 +81,7 @@ impl JsonCodec {
     /// the wire where it can (see [`wire_json`]).
     pub(crate) fn for_pool(options: &Transcoding, pool: &DescriptorPool) -> Self {
         Self {
-            wire: WirePrinter::new(pool, &options.json).map(Arc::new),
+            wire: Some(Arc::new(WirePrinter::new(pool, &options.json))),
             ..Self::new(options)
         }
     }

@@ -11,8 +11,8 @@
 //! takes the `DynamicMessage` path, which also reports what cannot be
 //! printed: messages with extensions or groups, a singular field or oneof
 //! set twice (merge semantics), a map entry with a repeated key or value, a
-//! `Value` with two kinds, malformed bytes, nesting deeper than 100, and the
-//! `emit_unpopulated` option; and what has no JSON form: an out-of-range
+//! `Value` with two kinds, malformed bytes, and nesting deeper than 100;
+//! and what has no JSON form: an out-of-range
 //! `Timestamp` or `Duration`, a non-finite number in a `Value`, a
 //! `FieldMask` path with no camelCase form, an `Any` of a type the pool
 //! does not hold.
@@ -48,6 +48,7 @@ pub(crate) struct WirePrinter {
     enums: Vec<EnumPlan>,
     by_name: HashMap<String, u32>,
     enums_as_ints: bool,
+    emit_unpopulated: bool,
 }
 
 /// How a field's values are typed on the wire and in JSON.
@@ -154,12 +155,8 @@ enum Decoded<'a> {
 }
 
 impl WirePrinter {
-    /// Plans for every message in `pool`; `None` when the options ask for
-    /// unpopulated fields, which only the `DynamicMessage` path prints.
-    pub(crate) fn new(pool: &DescriptorPool, options: &JsonOptions) -> Option<Self> {
-        if options.emit_unpopulated {
-            return None;
-        }
+    /// Plans for every message in `pool`, printing with `options`.
+    pub(crate) fn new(pool: &DescriptorPool, options: &JsonOptions) -> Self {
         let by_name: HashMap<String, u32> = pool
             .all_messages()
             .enumerate()
@@ -195,12 +192,13 @@ impl WirePrinter {
             .all_messages()
             .map(|m| plan_message(&m, &lookup, options.use_proto_names))
             .collect();
-        Some(Self {
+        Self {
             messages,
             enums,
             by_name,
             enums_as_ints: options.enums_as_ints,
-        })
+            emit_unpopulated: options.emit_unpopulated,
+        }
     }
 
     /// The JSON of `bytes`, an encoded `message_type`; `None` when this
@@ -437,8 +435,13 @@ impl WirePrinter {
             Open::AfterType => false,
         };
         let mut i = base;
+        // The next field in the plan not yet printed or passed over.
+        let mut unvisited = 0;
         while i < end {
-            let field = &plan[scratch[i].field as usize];
+            let index = scratch[i].field as usize;
+            self.unpopulated(&plan[unvisited..index], &mut first, depth, scratch, out)?;
+            unvisited = index + 1;
+            let field = &plan[index];
             let mut next = i + 1;
             while next < end && scratch[next].field == scratch[i].field {
                 next += 1;
@@ -461,14 +464,14 @@ impl WirePrinter {
                         oneofs_seen |= 1 << oneof;
                     }
                     let value = decode(field.scalar, scratch[i], bytes)?;
-                    if field.presence || !is_default(&value) {
+                    if field.presence || self.emit_unpopulated || !is_default(&value) {
                         self.value(field.scalar, &value, depth, scratch, out)?;
                         true
                     } else {
                         false
                     }
                 }
-                Shape::List => self.list(field.scalar, bytes, i..next, depth, scratch, out)?,
+                Shape::List => self.list(field.scalar, bytes, i..next, depth, scratch, out)? || self.emit_unpopulated,
                 Shape::Map { key, value } => {
                     self.map(key, value, bytes, i..next, depth, scratch, out)?;
                     true
@@ -481,7 +484,36 @@ impl WirePrinter {
             }
             i = next;
         }
+        self.unpopulated(&plan[unvisited..], &mut first, depth, scratch, out)?;
         out.push(b'}');
+        Ok(())
+    }
+
+    /// With `emit_unpopulated`, the defaults of `absent` fields that have no
+    /// presence (`0`, `""`, `[]`, `{}`, an enum's zero value); otherwise nothing.
+    fn unpopulated(
+        &self,
+        absent: &[FieldPlan],
+        first: &mut bool,
+        depth: u32,
+        scratch: &mut Vec<Raw>,
+        out: &mut Vec<u8>,
+    ) -> Printed {
+        if !self.emit_unpopulated {
+            return Ok(());
+        }
+        for field in absent.iter().filter(|f| !f.presence) {
+            if !*first {
+                out.push(b',');
+            }
+            *first = false;
+            out.extend_from_slice(&field.key);
+            match field.shape {
+                Shape::Single => self.value(field.scalar, &default_of(field.scalar), depth, scratch, out)?,
+                Shape::List => out.extend_from_slice(b"[]"),
+                Shape::Map { .. } => out.extend_from_slice(b"{}"),
+            }
+        }
         Ok(())
     }
 

@@ -76,11 +76,11 @@ fn every(pool: &DescriptorPool) -> MessageDescriptor {
     pool.get_message_by_name("wire.test.Every").unwrap()
 }
 
-fn options(use_proto_names: bool, enums_as_ints: bool) -> JsonOptions {
+fn options(bits: u8) -> JsonOptions {
     JsonOptions {
-        use_proto_names,
-        enums_as_ints,
-        ..JsonOptions::default()
+        use_proto_names: bits & 1 != 0,
+        enums_as_ints: bits & 2 != 0,
+        emit_unpopulated: bits & 4 != 0,
     }
 }
 
@@ -117,7 +117,7 @@ fn prints_what_the_dynamic_message_path_prints() {
     let pool = pool();
     let descriptor = every(&pool);
     let codec = JsonCodec::new(&Transcoding::default());
-    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let printer = WirePrinter::new(&pool, &JsonOptions::default());
     let mut message = DynamicMessage::new(descriptor.clone());
     let set = |m: &mut DynamicMessage, name: &str, value: Value| m.set_field_by_name(name, value);
     set(&mut message, "i64", Value::I64(-5));
@@ -156,7 +156,7 @@ fn fields_out_of_order_unpacked_or_unknown_print_as_decoded() {
     let pool = pool();
     let descriptor = every(&pool);
     let codec = JsonCodec::new(&Transcoding::default());
-    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let printer = WirePrinter::new(&pool, &JsonOptions::default());
     let cases: &[(&str, &[u8])] = &[
         // text = "b" then i32 = 1: printed in field-number order.
         ("out of order", &[0x72, 1, b'b', 0x18, 1]),
@@ -189,7 +189,7 @@ fn fields_out_of_order_unpacked_or_unknown_print_as_decoded() {
 fn declines_what_only_the_dynamic_message_path_handles() {
     let pool = pool();
     let descriptor = every(&pool);
-    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let printer = WirePrinter::new(&pool, &JsonOptions::default());
     let cases: &[(&str, &[u8])] = &[
         ("i32 set twice", &[0x18, 1, 0x18, 2]),
         ("child set twice (merged)", &[0x8a, 2, 2, 0x18, 1, 0x8a, 2, 2, 0x20, 1]),
@@ -229,18 +229,13 @@ fn declines_what_only_the_dynamic_message_path_handles() {
         assert!(printer.print("wire.test.Every", bytes).is_none(), "{what}: printed");
     }
     assert!(printer.print("wire.test.Nope", &[]).is_none());
-    let json = JsonOptions {
-        emit_unpopulated: true,
-        ..JsonOptions::default()
-    };
-    assert!(WirePrinter::new(&pool, &json).is_none());
     let _ = descriptor;
 }
 
 #[test]
 fn nesting_deeper_than_the_decoder_allows_declines_without_overflowing() {
     let pool = pool();
-    let printer = WirePrinter::new(&pool, &JsonOptions::default()).unwrap();
+    let printer = WirePrinter::new(&pool, &JsonOptions::default());
     // child { child { ... } }, 1,000 deep, each level's length prefixed.
     let mut bytes = Vec::new();
     for _ in 0..1_000 {
@@ -495,15 +490,15 @@ fn random_messages_print_the_same_both_ways() {
     let pool = pool();
     let descriptor = every(&pool);
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15, 0);
-    for (use_proto_names, enums_as_ints) in [(false, false), (true, false), (false, true), (true, true)] {
-        let json = options(use_proto_names, enums_as_ints);
+    for bits in 0..8 {
+        let json = options(bits);
         let codec = JsonCodec::new(&Transcoding {
             json: json.clone(),
             ..Transcoding::default()
         });
-        let printer = WirePrinter::new(&pool, &json).unwrap();
+        let printer = WirePrinter::new(&pool, &json);
         let (mut canonical_printed, mut reshaped_printed) = (0, 0);
-        for _ in 0..300 {
+        for _ in 0..150 {
             let unprintable = rng.1;
             let bytes = random_message(&mut rng, &descriptor, 0).encode_to_vec();
             if agree(&printer, &codec, &descriptor, &bytes) {
@@ -520,13 +515,13 @@ fn random_messages_print_the_same_both_ways() {
                 reshaped_printed += usize::from(agree(&printer, &codec, &descriptor, &reshape(&mut rng, &bytes)));
             }
         }
-        // About one in five holds a Struct somewhere; half the reshaped
-        // ones repeat a field or are corrupted.
-        println!("{canonical_printed} of 300 printed, {reshaped_printed} of 1,200 reshaped");
-        assert!(canonical_printed > 180, "only {canonical_printed} of 300 printed");
+        // About one in ten holds a value with no JSON form; half the
+        // reshaped ones repeat a field or are corrupted.
+        println!("{canonical_printed} of 150 printed, {reshaped_printed} of 600 reshaped");
+        assert!(canonical_printed > 100, "only {canonical_printed} of 150 printed");
         assert!(
-            reshaped_printed > 300,
-            "only {reshaped_printed} of 1,200 reshaped printed"
+            reshaped_printed > 200,
+            "only {reshaped_printed} of 600 reshaped printed"
         );
     }
 }
