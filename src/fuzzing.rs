@@ -924,22 +924,26 @@ pub fn wire_json(data: &[u8]) {
         debug_assert!(false, "{name} is not in descriptors/testing.binpb");
         return;
     };
-    let options = Transcoding {
+    let options = |bits: usize| Transcoding {
         json: JsonOptions {
-            use_proto_names: selector & 2 != 0,
-            emit_unpopulated: selector & 4 != 0,
-            enums_as_ints: selector & 8 != 0,
+            use_proto_names: bits & 1 != 0,
+            emit_unpopulated: bits & 2 != 0,
+            enums_as_ints: bits & 4 != 0,
         },
         ..Transcoding::default()
     };
-    let fast = JsonCodec::for_pool(&options, pool);
-    let Some(printed) = fast.print_encoded(&descriptor, bytes) else {
+    // Compiling the wire printer's plans takes longer than printing: once
+    // per combination of options.
+    static CODECS: OnceLock<Vec<JsonCodec>> = OnceLock::new();
+    let codecs = CODECS.get_or_init(|| (0..8).map(|bits| JsonCodec::for_pool(&options(bits), pool)).collect());
+    let bits = usize::from(selector >> 1) & 7;
+    let Some(printed) = codecs[bits].print_encoded(&descriptor, bytes) else {
         return;
     };
     let decoded = DynamicMessage::decode(descriptor, bytes);
     debug_assert!(decoded.is_ok(), "printed bytes that do not decode: {bytes:02x?}");
     if let Ok(message) = decoded {
-        let reference = JsonCodec::new(&options).print(&message);
+        let reference = JsonCodec::new(&options(bits)).print(&message);
         let a: Result<serde_json::Value, _> = serde_json::from_slice(&printed);
         let b: Result<serde_json::Value, _> = serde_json::from_slice(&reference);
         debug_assert!(a.is_ok(), "not JSON: {}", String::from_utf8_lossy(&printed));
