@@ -310,6 +310,29 @@ async fn print_options_apply() {
     assert_eq!(body["names"], json!([]));
 }
 
+/// Map entries (and `Struct` keys) print sorted by key, as grpc-gateway
+/// prints them, so the same answer is the same bytes every time (caches,
+/// ETags, diffs); a hash map's order would differ from call to call.
+#[tokio::test]
+async fn map_entries_print_sorted_by_key() {
+    let (_backend, gw) = setup().await;
+    let body = r#"{"counts": {"m": 13, "b": 2, "z": 26, "a": 1, "q": 17},
+        "object": {"y": [true, null], "k": {"d": 1, "c": "x"}, "b": 0.5}}"#;
+    for _ in 0..5 {
+        let response = post_json(gw.addr, "/v1/types", body).await;
+        assert_eq!(response.status, 200, "{}", response.text());
+        let text = response.text();
+        assert!(
+            text.contains(r#""counts":{"a":1,"b":2,"m":13,"q":17,"z":26}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""object":{"b":0.5,"k":{"c":"x","d":1.0},"y":[true,null]}"#),
+            "{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn bad_bodies_are_400_with_the_field_path() {
     let (backend, gw) = setup().await;
