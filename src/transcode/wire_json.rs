@@ -600,6 +600,12 @@ impl WirePrinter {
         let mut first = true;
         for (i, (key, value, entry)) in entries.iter().enumerate() {
             if entries.get(i + 1).is_some_and(|next| next.0 == *key) {
+                // Replaced by a later entry, but decoding checks it all the
+                // same: a message value must be well formed (found by fuzzing).
+                if let (Some(raw), Scalar::Message(_)) = (value, value_scalar) {
+                    let value = decode(value_scalar, *raw, entry)?;
+                    self.value(value_scalar, &value, depth, scratch, &mut Vec::new())?;
+                }
                 continue;
             }
             if !first {

@@ -179,6 +179,11 @@ fn fields_out_of_order_unpacked_or_unknown_print_as_decoded() {
             "repeated map key",
             &[0xa2, 2, 5, 8, 1, 0x12, 1, b'a', 0xa2, 2, 5, 8, 1, 0x12, 1, b'b'],
         ),
+        // by_name: {"": Every{i32: 1}}, then {"": Every{}}: the last wins.
+        (
+            "repeated map key, message values",
+            &[0x9a, 2, 4, 0x12, 2, 0x18, 1, 0x9a, 2, 2, 0x12, 0],
+        ),
     ];
     for (what, bytes) in cases {
         assert!(agree(&printer, &codec, &descriptor, bytes), "{what}: declined");
@@ -206,6 +211,12 @@ fn declines_what_only_the_dynamic_message_path_handles() {
         ),
         ("an Any URL without a slash", &[0xca, 4, 3, 0x0a, 1, b'x']),
         ("a map entry sent as a varint", &[0xa0, 2, 1]),
+        // by_name: {"": <truncated Every>}, then {"": Every{}}: the first is
+        // replaced, but decoding still rejects it (found by fuzzing).
+        (
+            "a replaced map value that is malformed",
+            &[0x9a, 2, 4, 0x12, 2, 0x72, 5, 0x9a, 2, 2, 0x12, 0],
+        ),
         ("text not UTF-8", &[0x72, 1, 0xff]),
         ("truncated", &[0x72, 5, b'a']),
         ("wrong wire type", &[0x1d, 0, 0, 0, 0]),
