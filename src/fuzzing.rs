@@ -892,7 +892,8 @@ fn split_json(pieces: &[&[u8]], limit: usize) -> (Vec<Bytes>, Result<(), String>
 ///
 /// Checked: no panic; what the wire printer prints, the `DynamicMessage`
 /// path decodes and prints as the same JSON (it declines the rest, and the
-/// `DynamicMessage` path answers for it).
+/// `DynamicMessage` path answers for it); the same for one message field,
+/// as a `response_body` prints it.
 pub fn wire_json(data: &[u8]) {
     const TYPES: [&str; 16] = [
         "testing.rest.v1.AllTypes",
@@ -937,6 +938,27 @@ pub fn wire_json(data: &[u8]) {
     static CODECS: OnceLock<Vec<JsonCodec>> = OnceLock::new();
     let codecs = CODECS.get_or_init(|| (0..8).map(|bits| JsonCodec::for_pool(&options(bits), pool)).collect());
     let bits = usize::from(selector >> 1) & 7;
+    // `response_body` naming one of its singular message fields, if it has any.
+    let fields: Vec<_> = descriptor
+        .fields()
+        .filter(|f| matches!(f.kind(), prost_reflect::Kind::Message(_)) && !f.is_list() && !f.is_map())
+        .collect();
+    if let Some(field) = fields.get(bytes.len() % fields.len().max(1))
+        && let Some(printed) = codecs[bits].print_encoded_field(&descriptor, field.name(), bytes)
+    {
+        let decoded = DynamicMessage::decode(descriptor.clone(), bytes);
+        debug_assert!(
+            decoded.is_ok(),
+            "printed a field of bytes that do not decode: {bytes:02x?}"
+        );
+        if let Ok(message) = decoded {
+            let reference = JsonCodec::new(&options(bits)).print_field(&message, field.name());
+            let a: Result<serde_json::Value, _> = serde_json::from_slice(&printed);
+            let b: Result<serde_json::Value, _> = serde_json::from_slice(&reference);
+            debug_assert!(a.is_ok(), "not JSON: {}", String::from_utf8_lossy(&printed));
+            debug_assert_eq!(a.ok(), b.ok(), "{}", field.name());
+        }
+    }
     let Some(printed) = codecs[bits].print_encoded(&descriptor, bytes) else {
         return;
     };

@@ -140,9 +140,11 @@ pub(crate) async fn unary(
         return error_response(&status, &rest.pool, &rest.codec, headers);
     };
     let output = binding.method.descriptor.output();
-    if binding.response_body.is_none()
-        && let Some(json) = rest.codec.print_encoded(&output, message)
-    {
+    let printed = match &binding.response_body {
+        None => rest.codec.print_encoded(&output, message),
+        Some(field) => rest.codec.print_encoded_field(&output, field, message),
+    };
+    if let Some(json) = printed {
         let mut response = Response::new(Body::full(json));
         *response.headers_mut() = headers;
         response

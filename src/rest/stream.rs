@@ -222,8 +222,12 @@ struct Renderer {
 
 impl Renderer {
     fn message(&mut self, bytes: Bytes) -> Result<Bytes, Status> {
-        let whole = !matches!(self.format, Format::Raw) && self.response_body.is_none();
-        let json = match whole.then(|| self.codec.print_encoded(&self.output, &bytes)).flatten() {
+        let printed = match (&self.format, &self.response_body) {
+            (Format::Raw, _) => None,
+            (_, None) => self.codec.print_encoded(&self.output, &bytes),
+            (_, Some(field)) => self.codec.print_encoded_field(&self.output, field, &bytes),
+        };
+        let json = match printed {
             Some(json) => json,
             None => {
                 let message = DynamicMessage::decode(self.output.clone(), bytes)

@@ -93,6 +93,21 @@ impl JsonCodec {
         self.wire.as_deref()?.print(descriptor.full_name(), bytes)
     }
 
+    /// [`JsonCodec::print_field`] for an encoded message, without decoding
+    /// it, when `field` names a singular message field; `None` otherwise, or
+    /// when the wire printer declines it.
+    pub(crate) fn print_encoded_field(
+        &self,
+        descriptor: &MessageDescriptor,
+        field: &str,
+        bytes: &[u8],
+    ) -> Option<Vec<u8>> {
+        let f = descriptor.get_field_by_name(field)?;
+        self.wire
+            .as_deref()?
+            .print_field(descriptor.full_name(), f.number(), bytes)
+    }
+
     /// Parses JSON into a message of type `descriptor`. Errors name the field
     /// path, prefixed with `prefix` (the body field, when the body is one field).
     pub(crate) fn parse(

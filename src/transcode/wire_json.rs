@@ -211,6 +211,42 @@ impl WirePrinter {
         Some(out)
     }
 
+    /// The JSON of one singular message field (field `number`) of `bytes`,
+    /// an encoded `message_type`: a `response_body` naming a message. Absent,
+    /// it prints as its type's empty message does. `None` for other fields,
+    /// and when this path declines the message or the field.
+    pub(crate) fn print_field(&self, message_type: &str, number: u32, bytes: &[u8]) -> Option<Vec<u8>> {
+        let &index = self.by_name.get(message_type)?;
+        let MessagePlan::Fields(plan) = &self.messages[index as usize] else {
+            return None;
+        };
+        let field = &plan[plan.binary_search_by_key(&number, |f| f.number).ok()?];
+        let (Shape::Single, Scalar::Message(inner)) = (field.shape, field.scalar) else {
+            return None;
+        };
+        // Decoding checks the whole message, so this does too: printing it is
+        // the check (and declines a field set twice, whose values would merge).
+        let mut scratch = Vec::with_capacity(32);
+        self.message(
+            index,
+            bytes,
+            0,
+            &mut scratch,
+            &mut Vec::with_capacity(bytes.len() * 2 + 16),
+        )
+        .ok()?;
+        let mut value: &[u8] = &[];
+        for raw in Fields::new(bytes) {
+            let raw = raw.ok()?;
+            if raw.field == number {
+                value = slice(bytes, raw).ok()?;
+            }
+        }
+        let mut out = Vec::with_capacity(value.len() * 2 + 16);
+        self.message(inner, value, 1, &mut scratch, &mut out).ok()?;
+        Some(out)
+    }
+
     fn message(&self, index: u32, bytes: &[u8], depth: u32, scratch: &mut Vec<Raw>, out: &mut Vec<u8>) -> Printed {
         if depth > MAX_DEPTH {
             return Err(Decline);

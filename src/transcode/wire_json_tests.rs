@@ -112,6 +112,34 @@ fn agree(printer: &WirePrinter, codec: &JsonCodec, descriptor: &MessageDescripto
     true
 }
 
+/// The same for one field (`response_body`); returns whether it was printed.
+fn agree_on_field(
+    printer: &WirePrinter,
+    codec: &JsonCodec,
+    descriptor: &MessageDescriptor,
+    bytes: &[u8],
+    field: &str,
+) -> bool {
+    let f = descriptor.get_field_by_name(field).unwrap();
+    let Some(fast) = printer.print_field(descriptor.full_name(), f.number(), bytes) else {
+        return false;
+    };
+    assert!(
+        matches!(f.kind(), Kind::Message(_)) && !f.is_list() && !f.is_map(),
+        "{field} is not a singular message field"
+    );
+    let fast = String::from_utf8(fast).expect("the wire printer wrote UTF-8");
+    let Ok(message) = DynamicMessage::decode(descriptor.clone(), bytes) else {
+        panic!("printed {field} = {fast} from bytes the DynamicMessage path rejects: {bytes:02x?}");
+    };
+    let slow = String::from_utf8(codec.print_field(&message, field)).unwrap();
+    assert_eq!(json(&fast), json(&slow), "{field} of {bytes:02x?}");
+    if !slow.contains("\"by") {
+        assert_eq!(fast, slow, "{field} of {bytes:02x?}");
+    }
+    true
+}
+
 #[test]
 fn prints_what_the_dynamic_message_path_prints() {
     let pool = pool();
@@ -508,7 +536,7 @@ fn random_messages_print_the_same_both_ways() {
             ..Transcoding::default()
         });
         let printer = WirePrinter::new(&pool, &json);
-        let (mut canonical_printed, mut reshaped_printed) = (0, 0);
+        let (mut canonical_printed, mut reshaped_printed, mut fields_printed) = (0, 0, 0);
         for _ in 0..150 {
             let unprintable = rng.1;
             let bytes = random_message(&mut rng, &descriptor, 0).encode_to_vec();
@@ -522,13 +550,36 @@ fn random_messages_print_the_same_both_ways() {
                     "declined a canonical message, printed otherwise as {shown}"
                 );
             }
+            // `response_body` naming a message field (or another field, which
+            // this path leaves to the other).
+            let fields = [
+                "child",
+                "when",
+                "w_i64",
+                "object",
+                "any",
+                "value",
+                "empty",
+                "pick_child",
+                "i32",
+                "children",
+                "by_name",
+            ];
+            let field = fields[rng.below(fields.len() as u64) as usize];
+            let printed = agree_on_field(&printer, &codec, &descriptor, &bytes, field);
+            fields_printed += usize::from(printed);
             for _ in 0..4 {
-                reshaped_printed += usize::from(agree(&printer, &codec, &descriptor, &reshape(&mut rng, &bytes)));
+                let reshaped = reshape(&mut rng, &bytes);
+                agree_on_field(&printer, &codec, &descriptor, &reshaped, field);
+                reshaped_printed += usize::from(agree(&printer, &codec, &descriptor, &reshaped));
             }
         }
         // About one in ten holds a value with no JSON form; half the
         // reshaped ones repeat a field or are corrupted.
-        println!("{canonical_printed} of 150 printed, {reshaped_printed} of 600 reshaped");
+        println!(
+            "{canonical_printed} of 150 printed, {reshaped_printed} of 600 reshaped, {fields_printed} of 150 fields"
+        );
+        assert!(fields_printed > 60, "only {fields_printed} of 150 fields printed");
         assert!(canonical_printed > 100, "only {canonical_printed} of 150 printed");
         assert!(
             reshaped_printed > 200,
