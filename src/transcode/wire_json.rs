@@ -220,30 +220,28 @@ impl WirePrinter {
         let MessagePlan::Fields(plan) = &self.messages[index as usize] else {
             return None;
         };
-        let field = &plan[plan.binary_search_by_key(&number, |f| f.number).ok()?];
-        let (Shape::Single, Scalar::Message(inner)) = (field.shape, field.scalar) else {
+        let at = plan.binary_search_by_key(&number, |f| f.number).ok()?;
+        let (Shape::Single, Scalar::Message(inner)) = (plan[at].shape, plan[at].scalar) else {
             return None;
         };
-        // Decoding checks the whole message, so this does too: printing it is
-        // the check (and declines a field set twice, whose values would merge).
+        // Decoding checks the whole message, so this prints it all (which
+        // also declines a field set twice, whose values would merge) and
+        // keeps the part where the field's value landed.
         let mut scratch = Vec::with_capacity(32);
-        self.message(
-            index,
-            bytes,
-            0,
-            &mut scratch,
-            &mut Vec::with_capacity(bytes.len() * 2 + 16),
-        )
-        .ok()?;
-        let mut value: &[u8] = &[];
-        for raw in Fields::new(bytes) {
-            let raw = raw.ok()?;
-            if raw.field == number {
-                value = slice(bytes, raw).ok()?;
+        let mut out = Vec::with_capacity(bytes.len() * 2 + 16);
+        let mut capture = Capture { field: at, span: None };
+        self.fields(plan, bytes, 0, &mut scratch, &mut out, Open::Brace, Some(&mut capture))
+            .ok()?;
+        match capture.span {
+            Some(span) => {
+                out.truncate(span.end);
+                out.drain(..span.start);
+            }
+            None => {
+                out.clear();
+                self.message(inner, &[], 1, &mut scratch, &mut out).ok()?;
             }
         }
-        let mut out = Vec::with_capacity(value.len() * 2 + 16);
-        self.message(inner, value, 1, &mut scratch, &mut out).ok()?;
         Some(out)
     }
 
@@ -252,7 +250,7 @@ impl WirePrinter {
             return Err(Decline);
         }
         match &self.messages[index as usize] {
-            MessagePlan::Fields(fields) => self.fields(fields, bytes, depth, scratch, out, Open::Brace),
+            MessagePlan::Fields(fields) => self.fields(fields, bytes, depth, scratch, out, Open::Brace, None),
             MessagePlan::Timestamp => {
                 let (seconds, nanos) = seconds_and_nanos(bytes)?;
                 if !(MIN_TIMESTAMP_SECONDS..=MAX_TIMESTAMP_SECONDS).contains(&seconds) {
@@ -395,9 +393,9 @@ impl WirePrinter {
         let (mut url, mut payload) = ("", &[][..]);
         for raw in Fields::new(bytes) {
             let raw = raw?;
-            match (raw.field, decode_any_field(raw, bytes)?) {
-                (1, Decoded::Str(text)) => url = text,
-                (2, Decoded::Bytes(value)) => payload = value,
+            match raw.field {
+                1 => url = std::str::from_utf8(slice(bytes, raw)?).map_err(|_| Decline)?,
+                2 => payload = slice(bytes, raw)?,
                 _ => {}
             }
         }
@@ -406,7 +404,7 @@ impl WirePrinter {
         out.extend_from_slice(b"{\"@type\":");
         let _ = write_str(out, url);
         match &self.messages[index as usize] {
-            MessagePlan::Fields(fields) => self.fields(fields, payload, depth + 1, scratch, out, Open::AfterType),
+            MessagePlan::Fields(fields) => self.fields(fields, payload, depth + 1, scratch, out, Open::AfterType, None),
             MessagePlan::Unsupported => Err(Decline),
             _ => {
                 out.extend_from_slice(b",\"value\":");
@@ -418,7 +416,10 @@ impl WirePrinter {
     }
 
     /// A plain message: its set fields in field-number order, as the
-    /// `DynamicMessage` path prints them.
+    /// `DynamicMessage` path prints them. Its fields' values are collected in
+    /// `scratch` past what is there; on success `scratch` is left as it was
+    /// (on failure the whole print is abandoned, so it need not be).
+    #[allow(clippy::too_many_arguments)]
     fn fields(
         &self,
         plan: &[FieldPlan],
@@ -427,6 +428,7 @@ impl WirePrinter {
         scratch: &mut Vec<Raw>,
         out: &mut Vec<u8>,
         open: Open,
+        mut capture: Option<&mut Capture>,
     ) -> Printed {
         let base = scratch.len();
         let mut sorted = true;
@@ -445,22 +447,6 @@ impl WirePrinter {
         if !sorted {
             scratch[base..].sort_by_key(|raw| raw.field);
         }
-        let result = self.print_fields(plan, bytes, base, depth, scratch, out, open);
-        scratch.truncate(base);
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn print_fields(
-        &self,
-        plan: &[FieldPlan],
-        bytes: &[u8],
-        base: usize,
-        depth: u32,
-        scratch: &mut Vec<Raw>,
-        out: &mut Vec<u8>,
-        open: Open,
-    ) -> Printed {
         let end = scratch.len();
         let mut oneofs_seen = 0u64;
         let mut first = match open {
@@ -501,7 +487,11 @@ impl WirePrinter {
                     }
                     let value = decode(field.scalar, scratch[i], bytes)?;
                     if field.presence || self.emit_unpopulated || !is_default(&value) {
+                        let start = out.len();
                         self.value(field.scalar, &value, depth, scratch, out)?;
+                        if let Some(capture) = capture.as_deref_mut().filter(|c| c.field == index) {
+                            capture.span = Some(start..out.len());
+                        }
                         true
                     } else {
                         false
@@ -522,6 +512,7 @@ impl WirePrinter {
         }
         self.unpopulated(&plan[unvisited..], &mut first, depth, scratch, out)?;
         out.push(b'}');
+        scratch.truncate(base);
         Ok(())
     }
 
@@ -734,13 +725,11 @@ enum Open {
     AfterType,
 }
 
-/// An `Any`'s `type_url` (field 1) or `value` (field 2); other fields as they come.
-fn decode_any_field(raw: Raw, bytes: &[u8]) -> Result<Decoded<'_>, Decline> {
-    match raw.field {
-        1 => decode(Scalar::String, raw, bytes),
-        2 => decode(Scalar::Bytes, raw, bytes),
-        _ => Ok(Decoded::Bool(false)),
-    }
+/// Where one top-level field's value landed in the output: the field
+/// (its index in the plan) a `response_body` names, and its bytes.
+struct Capture {
+    field: usize,
+    span: Option<std::ops::Range<usize>>,
 }
 
 /// `snake_case` → `lowerCamelCase`, declining names that would not come
