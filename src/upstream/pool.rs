@@ -267,6 +267,13 @@ impl Pool {
         if self.closed.load(Ordering::Relaxed) || self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Callers checked the count before; a connect that finished since
+        // may have filled the pool. Holding the flag, the count is exact:
+        // the last connect added its connection before releasing it.
+        if self.conns.load().len() >= self.settings.max_connections as usize {
+            self.connecting.store(false, Ordering::Release);
+            return;
+        }
         let pool = self.clone();
         tokio::spawn(async move {
             let result = timeout(pool.settings.connect_timeout, connect(&pool.target, &pool.settings)).await;
@@ -657,6 +664,45 @@ mod tests {
             keepalive_timeout: Duration::from_secs(10),
             tls: None,
         })
+    }
+
+    /// A caller that saw room for a connection may ask for one after another
+    /// connect filled the pool; found under load, where the pool opened five
+    /// connections with `max_connections_per_endpoint: 4`.
+    #[tokio::test]
+    async fn a_late_request_to_connect_does_not_exceed_max_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        if let Ok(mut conn) = h2::server::handshake(tcp).await {
+                            while conn.accept().await.is_some() {}
+                        }
+                    });
+                }
+            }
+        });
+        let pool = Pool::new(
+            addr.to_string().into(),
+            settings(1, Duration::from_secs(5)),
+            Clock::new(),
+            None,
+        );
+        let limits = Limits::new(&crate::config::Limits::default());
+        let slot = pool.acquire(None, &limits).await.unwrap();
+        assert_eq!(pool.conns.load().len(), 1);
+        // What a caller that read the count before that connection was
+        // added goes on to do.
+        pool.start_connect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pool.conns.load().len(), 1);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "a second connection was opened");
+        drop(slot);
     }
 
     /// A call waiting on an endpoint that discovery then removes must move
