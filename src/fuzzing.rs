@@ -22,6 +22,8 @@
 //! - [`traceparent`]: the W3C `traceparent` header.
 //! - [`grpc_message`]: `grpc-status`/`grpc-message`/details headers and the
 //!   REST error body made from them.
+//! - [`http2_goaway`]: the frame boundaries of what an upstream sends, as
+//!   the transport follows them to note GOAWAYs.
 //!
 //! Targets whose input needs a chunking take it from the input itself (see
 //! `plan`), so the fuzzer explores chunk boundaries along with the bytes.
@@ -397,6 +399,23 @@ mod reference {
             decode(parent_id).try_into().ok()?,
             sampled,
         ))
+    }
+
+    /// The error code of the last GOAWAY in an HTTP/2 frame stream whose
+    /// fixed part (last stream id, error code) is all there: frame by frame,
+    /// each header read whole, then its payload skipped.
+    pub(super) fn last_goaway(stream: &[u8]) -> Option<u32> {
+        let mut last = None;
+        let mut at = 0;
+        while let Some(header) = stream.get(at..at + 9) {
+            let length = usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+            let payload = &stream[at + 9..stream.len().min(at + 9 + length)];
+            if header[3] == 0x7 && length >= 8 && payload.len() >= 8 {
+                last = Some(u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]));
+            }
+            at += 9 + length;
+        }
+        last
     }
 }
 
@@ -1189,6 +1208,31 @@ pub fn grpc_message(data: &[u8]) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// HTTP/2 frames from an upstream
+
+/// Feeds `data` (after its chunking plan) to the upstream transport's
+/// GOAWAY watch, whole and in pieces.
+///
+/// Checked: the same code is noted in any chunking, and it is the code of
+/// the last GOAWAY (with at least its fixed 8 bytes) that a slow, obvious
+/// reference walk of the frames finds.
+pub fn http2_goaway(data: &[u8]) {
+    use crate::upstream::goaway_watch::FrameScan;
+    let (lengths, body) = plan(data);
+    let noted = |chunks: &[&[u8]]| {
+        let mut scan = FrameScan::default();
+        let last = scan.last_goaway();
+        for chunk in chunks {
+            scan.feed(chunk);
+        }
+        last.reason().map(u32::from)
+    };
+    let whole = noted(&[body]);
+    debug_assert_eq!(noted(&pieces(body, lengths)), whole, "{body:?} split as {lengths:?}");
+    debug_assert_eq!(whole, reference::last_goaway(body), "{body:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1408,4 +1452,15 @@ mod tests {
     }
 
     const MINIMAL_CONFIG: &str = "listen: 0.0.0.0:8080\ndescriptors: []\nupstreams: {u: {endpoints: [\"127.0.0.1:1\"]}}\nroutes: [{match: \"*\", upstream: u}]\n";
+
+    #[test]
+    fn the_goaway_target_and_its_reference_find_a_real_goaway() {
+        // Two piece lengths (3 and 10), then an empty SETTINGS and a GOAWAY(ENHANCE_YOUR_CALM).
+        let mut input = vec![2, 3, 10];
+        input.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        input.extend([0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0xb]);
+        assert_eq!(reference::last_goaway(&input[3..]), Some(0xb));
+        http2_goaway(&input);
+        http2_goaway(&input[..input.len() - 1]);
+    }
 }

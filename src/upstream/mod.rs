@@ -14,6 +14,7 @@ mod clock;
 mod discovery;
 mod dispatch;
 mod endpoint;
+pub(crate) mod goaway_watch;
 mod health_check;
 mod limits;
 mod outlier;

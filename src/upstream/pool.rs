@@ -27,6 +27,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::clock::Clock;
+use super::goaway_watch::LastGoAway;
 use super::limits::{Limits, Overflow};
 use super::transport::{self, Handshake, Transport};
 
@@ -283,7 +284,7 @@ impl Pool {
                 Err(_) => Err(format!("timed out after {:?}", pool.settings.connect_timeout)),
             };
             match outcome {
-                Ok((send, connection, ping, handshake)) => {
+                Ok((send, connection, ping, handshake, last_goaway)) => {
                     let conn = Arc::new(Conn::new(
                         pool.next_conn_id.fetch_add(1, Ordering::Relaxed),
                         send,
@@ -303,7 +304,7 @@ impl Pool {
                     tracing::debug!(target = %pool.target, conn = conn.id, "upstream connection open");
                     let weak = Arc::downgrade(&pool);
                     drop(pool);
-                    drive(conn, weak, connection, ping).await;
+                    drive(conn, weak, connection, ping, last_goaway).await;
                 }
                 Err(reason) => {
                     pool.record_connect_failure(reason);
@@ -492,12 +493,14 @@ type Connected = (
     h2::client::Connection<Transport, Bytes>,
     h2::PingPong,
     Handshake,
+    LastGoAway,
 );
 
 /// Opens TCP, performs the HTTP/2 handshake and waits for the server's
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
 async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
     let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
+    let last_goaway = transport.last_goaway();
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
         .initial_connection_window_size(settings.connection_window)
@@ -521,7 +524,7 @@ async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, Str
         }
     });
     pong.await?;
-    Ok((send, connection, ping, handshake))
+    Ok((send, connection, ping, handshake, last_goaway))
 }
 
 use std::future::Future;
@@ -534,6 +537,7 @@ async fn drive(
     pool: Weak<Pool>,
     mut connection: h2::client::Connection<Transport, Bytes>,
     mut ping: h2::PingPong,
+    last_goaway: LastGoAway,
 ) {
     let Some(settings) = pool.upgrade().map(|p| p.settings.clone()) else {
         return;
@@ -556,7 +560,11 @@ async fn drive(
                 break match result {
                     Ok(()) => "closed by the server".into(),
                     Err(e) => {
-                        if e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                        let calm = Some(h2::Reason::ENHANCE_YOUR_CALM);
+                        // A GOAWAY followed by a TCP reset (the server closed
+                        // with our requests unread) ends in the I/O error:
+                        // the transport saw the GOAWAY all the same.
+                        if (e.is_go_away() && e.is_remote() && e.reason() == calm) || last_goaway.reason() == calm {
                             end = ConnectionEnd::RefusedOurTraffic;
                         }
                         format!("connection error: {e}")

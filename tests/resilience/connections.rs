@@ -223,3 +223,35 @@ async fn a_backend_refusing_our_cancels_is_not_ejected_for_it() {
     );
     println!("lost calls were told: {}", messages[0]);
 }
+
+/// A backend that closes with requests still unread in its socket sends a
+/// TCP reset right after its `GOAWAY(ENHANCE_YOUR_CALM)`, and the HTTP/2
+/// connection then ends with "connection reset", not the GOAWAY. The
+/// verdict is the same and must be read the same way: the lost calls say
+/// why, and the endpoint is not charged for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_enhance_your_calm_followed_by_a_reset_is_not_held_against_the_backend() {
+    let backend = RefusingBackend::start_resetting().await;
+    // One more lost call than `consecutive_failures` allows.
+    let edge = Edge::start(&config_yaml(
+        &[backend.addr],
+        &fast_outlier("consecutive_failures: 3"),
+        "",
+    ))
+    .await;
+    let mut client = edge.client().await;
+    let mut messages = Vec::new();
+    for _ in 0..4 {
+        let status = client.unary(echo("lost")).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        messages.push(status.message().to_string());
+    }
+    assert_eq!(backend.refused(), 4);
+    assert!(
+        messages.iter().all(|m| m.contains("ENHANCE_YOUR_CALM")),
+        "the client is not told why: {messages:#?}"
+    );
+    let seen = edge.endpoint_at(backend.addr).unwrap();
+    assert_eq!((seen.failures, seen.total_ejections), (0, 0), "{seen:#?}");
+    assert_eq!(seen.enhance_your_calm, 4, "{seen:#?}");
+}

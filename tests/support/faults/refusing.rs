@@ -1,4 +1,5 @@
-//! A minimal HTTP/2 server that refuses every stream with GOAWAY.
+//! A minimal HTTP/2 server that refuses every stream with GOAWAY, politely
+//! or in anger.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,12 @@ use tokio::task::JoinHandle;
 /// PING, and answers every request's HEADERS with `GOAWAY(last_stream_id:
 /// 0, NO_ERROR)` — so every stream sent to it is, provably, unprocessed and
 /// safe to send elsewhere.
+///
+/// [`RefusingBackend::start_resetting`] makes the other kind: it answers a
+/// request's HEADERS with `GOAWAY(last_stream_id: that stream,
+/// ENHANCE_YOUR_CALM)` and then closes with a TCP reset, the way a backend
+/// closes when requests it will never read are still queued. The gateway then
+/// sees the GOAWAY and, right after, a connection reset.
 pub struct RefusingBackend {
     pub addr: SocketAddr,
     refused: Arc<AtomicU64>,
@@ -20,6 +27,14 @@ pub struct RefusingBackend {
 
 impl RefusingBackend {
     pub async fn start() -> RefusingBackend {
+        Self::start_in(Mode::Refuse).await
+    }
+
+    pub async fn start_resetting() -> RefusingBackend {
+        Self::start_in(Mode::CalmThenReset).await
+    }
+
+    async fn start_in(mode: Mode) -> RefusingBackend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let refused = Arc::new(AtomicU64::new(0));
@@ -31,7 +46,7 @@ impl RefusingBackend {
                 };
                 let counter = counter.clone();
                 tokio::spawn(async move {
-                    let _ = tokio::time::timeout(Duration::from_secs(10), refuse_streams(tcp, counter)).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(10), refuse_streams(tcp, counter, mode)).await;
                 });
             }
         });
@@ -50,7 +65,13 @@ impl Drop for RefusingBackend {
     }
 }
 
-async fn refuse_streams(mut tcp: tokio::net::TcpStream, refused: Arc<AtomicU64>) -> io::Result<()> {
+#[derive(Clone, Copy)]
+enum Mode {
+    Refuse,
+    CalmThenReset,
+}
+
+async fn refuse_streams(mut tcp: tokio::net::TcpStream, refused: Arc<AtomicU64>, mode: Mode) -> io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const SETTINGS: u8 = 0x4;
     const PING: u8 = 0x6;
@@ -77,10 +98,23 @@ async fn refuse_streams(mut tcp: tokio::net::TcpStream, refused: Arc<AtomicU64>)
         match kind {
             SETTINGS if flags & ACK == 0 => tcp.write_all(&frame(SETTINGS, ACK, &[])).await?,
             PING if flags & ACK == 0 => tcp.write_all(&frame(PING, ACK, &payload)).await?,
-            HEADERS => {
+            HEADERS if matches!(mode, Mode::Refuse) => {
                 refused.fetch_add(1, Ordering::Relaxed);
                 // Last processed stream 0: this stream was never looked at.
                 tcp.write_all(&frame(GOAWAY, 0, &[0; 8])).await?;
+            }
+            HEADERS => {
+                refused.fetch_add(1, Ordering::Relaxed);
+                const ENHANCE_YOUR_CALM: u32 = 0xb;
+                let mut payload = [0u8; 8];
+                // This stream counts as processed: its call is lost, not retried.
+                payload[..4].copy_from_slice(&head[5..9]);
+                payload[4..].copy_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+                tcp.write_all(&frame(GOAWAY, 0, &payload)).await?;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                // Closing with a linger of zero sends a reset, as a close with unread data does.
+                tcp.set_zero_linger()?;
+                return Ok(());
             }
             _ => {}
         }
