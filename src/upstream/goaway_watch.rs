@@ -11,7 +11,7 @@
 //! the last GOAWAY's code where the connection's driver can read it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The type byte of a GOAWAY frame (RFC 9113 §6.8).
 const GOAWAY: u8 = 0x7;
@@ -23,20 +23,20 @@ const GOAWAY_FIXED_LEN: usize = 8;
 /// The last GOAWAY error code seen on a connection, shared between its
 /// transport (which writes it) and its driver (which reads it).
 #[derive(Clone, Debug, Default)]
-pub(crate) struct LastGoAway(Arc<AtomicU32>);
+pub(crate) struct LastGoAway(Arc<AtomicU64>);
 
 impl LastGoAway {
     /// The error code of the last complete GOAWAY seen, if any.
     pub(crate) fn reason(&self) -> Option<h2::Reason> {
-        // Stored plus one, so that 0 means "none" and NO_ERROR (0) is representable.
-        match self.0.load(Ordering::Acquire) {
-            0 => None,
-            code => Some(h2::Reason::from(code - 1)),
-        }
+        // Stored plus one (in 64 bits, so every u32 code fits), so that 0
+        // means "none" and NO_ERROR (0) is representable.
+        let stored = self.0.load(Ordering::Acquire);
+        let code = u32::try_from(stored.checked_sub(1)?).ok()?;
+        Some(h2::Reason::from(code))
     }
 
     fn record(&self, code: u32) {
-        self.0.store(code.saturating_add(1), Ordering::Release);
+        self.0.store(u64::from(code) + 1, Ordering::Release);
     }
 }
 
@@ -170,6 +170,8 @@ mod tests {
         assert_eq!(scan(&[&bytes]), Some(h2::Reason::NO_ERROR));
         bytes.extend(goaway(5, 0xb, b""));
         assert_eq!(scan(&[&bytes]), Some(h2::Reason::ENHANCE_YOUR_CALM));
+        // Unknown codes are kept exactly, the largest too (found by fuzzing).
+        assert_eq!(scan(&[&goaway(1, u32::MAX, b"")]), Some(h2::Reason::from(u32::MAX)));
     }
 
     #[test]
