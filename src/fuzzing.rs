@@ -911,8 +911,8 @@ fn split_json(pieces: &[&[u8]], limit: usize) -> (Vec<Bytes>, Result<(), String>
 ///
 /// Checked: no panic; what the wire printer prints, the `DynamicMessage`
 /// path decodes and prints as the same JSON (it declines the rest, and the
-/// `DynamicMessage` path answers for it); the same for one message field,
-/// as a `response_body` prints it.
+/// `DynamicMessage` path answers for it); the same for one field of any
+/// kind, as a `response_body` prints it.
 pub fn wire_json(data: &[u8]) {
     const TYPES: [&str; 16] = [
         "testing.rest.v1.AllTypes",
@@ -957,11 +957,8 @@ pub fn wire_json(data: &[u8]) {
     static CODECS: OnceLock<Vec<JsonCodec>> = OnceLock::new();
     let codecs = CODECS.get_or_init(|| (0..8).map(|bits| JsonCodec::for_pool(&options(bits), pool)).collect());
     let bits = usize::from(selector >> 1) & 7;
-    // `response_body` naming one of its singular message fields, if it has any.
-    let fields: Vec<_> = descriptor
-        .fields()
-        .filter(|f| matches!(f.kind(), prost_reflect::Kind::Message(_)) && !f.is_list() && !f.is_map())
-        .collect();
+    // `response_body` naming one of its fields, if it has any.
+    let fields: Vec<_> = descriptor.fields().collect();
     if let Some(field) = fields.get(bytes.len() % fields.len().max(1))
         && let Some(printed) = codecs[bits].print_encoded_field(&descriptor, field.name(), bytes)
     {

@@ -59,6 +59,7 @@ pub(crate) struct JsonCodec {
     print: SerializeOptions,
     parse: DeserializeOptions,
     use_proto_names: bool,
+    emit_unpopulated: bool,
     /// Prints encoded messages without decoding them first, where it can.
     wire: Option<Arc<WirePrinter>>,
 }
@@ -73,6 +74,7 @@ impl JsonCodec {
                 .use_enum_numbers(options.json.enums_as_ints),
             parse: DeserializeOptions::new().deny_unknown_fields(options.reject_unknown_fields),
             use_proto_names: options.json.use_proto_names,
+            emit_unpopulated: options.json.emit_unpopulated,
             wire: None,
         }
     }
@@ -94,8 +96,7 @@ impl JsonCodec {
     }
 
     /// [`JsonCodec::print_field`] for an encoded message, without decoding
-    /// it, when `field` names a singular message field; `None` otherwise, or
-    /// when the wire printer declines it.
+    /// it; `None` when the wire printer declines it.
     pub(crate) fn print_encoded_field(
         &self,
         descriptor: &MessageDescriptor,
@@ -169,8 +170,9 @@ impl JsonCodec {
     /// A singular message field prints as any message does (fields at their
     /// default left out). Any other field prints even at its default (`""`,
     /// `0`, `[]`): it is the whole body. It is printed alone in an otherwise
-    /// empty message and taken out of the result; defaults are shown only
-    /// when its values hold no message, whose own fields would show them too.
+    /// empty message and taken out of the result; messages inside it print
+    /// as they do in the whole message (their defaults only with
+    /// `emit_unpopulated`).
     pub(crate) fn print_field(&self, message: &DynamicMessage, field: &str) -> Vec<u8> {
         let Some(f) = message.descriptor().get_field_by_name(field) else {
             return b"null".to_vec();
@@ -188,17 +190,32 @@ impl JsonCodec {
         };
         let mut alone = DynamicMessage::new(message.descriptor());
         alone.set_field(&f, value.into_owned());
-        let options = self.print.clone().skip_default_fields(holds_messages);
-        let printed = non_finite::serialize(&WithOptions(&alone, &options), serde_json::value::Serializer)
-            .unwrap_or(serde_json::Value::Null);
+        // The field itself prints even at its default; messages inside it
+        // print as they would in the whole message.
+        let options = self
+            .print
+            .clone()
+            .skip_default_fields(holds_messages && !self.emit_unpopulated);
+        // Printed as text and the field's value taken out as text: a
+        // `serde_json::Value` would print a float as the double it widens to.
+        let mut printed = Vec::with_capacity(128);
+        if non_finite::serialize(
+            &WithOptions(&alone, &options),
+            &mut serde_json::Serializer::new(&mut printed),
+        )
+        .is_err()
+        {
+            return b"null".to_vec();
+        }
         let key = if self.use_proto_names { f.name() } else { f.json_name() };
-        let selected = match printed.get(key) {
-            Some(selected) => selected.clone(),
+        let fields: std::collections::HashMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_slice(&printed).unwrap_or_default();
+        match fields.get(key) {
+            Some(selected) => selected.get().as_bytes().to_vec(),
             // Left out at its default (only when it holds messages).
-            None if f.is_map() => serde_json::Value::Object(serde_json::Map::new()),
-            None => serde_json::Value::Array(Vec::new()),
-        };
-        serde_json::to_vec(&selected).unwrap_or_else(|_| b"null".to_vec())
+            None if f.is_map() => b"{}".to_vec(),
+            None => b"[]".to_vec(),
+        }
     }
 }
 

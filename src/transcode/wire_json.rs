@@ -211,19 +211,18 @@ impl WirePrinter {
         Some(out)
     }
 
-    /// The JSON of one singular message field (field `number`) of `bytes`,
-    /// an encoded `message_type`: a `response_body` naming a message. Absent,
-    /// it prints as its type's empty message does. `None` for other fields,
-    /// and when this path declines the message or the field.
+    /// The JSON of one field (field `number`) of `bytes`, an encoded
+    /// `message_type`: what a `response_body` naming it sends. That is the
+    /// field's value as the whole message prints it; when the whole message
+    /// leaves it out, its default: a message prints as its type's empty
+    /// message does, a list as `[]`, a map as `{}`, a scalar as its zero
+    /// value. `None` when this path declines the message or the field.
     pub(crate) fn print_field(&self, message_type: &str, number: u32, bytes: &[u8]) -> Option<Vec<u8>> {
         let &index = self.by_name.get(message_type)?;
         let MessagePlan::Fields(plan) = &self.messages[index as usize] else {
             return None;
         };
         let at = plan.binary_search_by_key(&number, |f| f.number).ok()?;
-        let (Shape::Single, Scalar::Message(inner)) = (plan[at].shape, plan[at].scalar) else {
-            return None;
-        };
         // Decoding checks the whole message, so this prints it all (which
         // also declines a field set twice, whose values would merge) and
         // keeps the part where the field's value landed.
@@ -239,7 +238,16 @@ impl WirePrinter {
             }
             None => {
                 out.clear();
-                self.message(inner, &[], 1, &mut scratch, &mut out).ok()?;
+                match (plan[at].shape, plan[at].scalar) {
+                    (Shape::Single, Scalar::Message(inner)) => {
+                        self.message(inner, &[], 1, &mut scratch, &mut out).ok()?
+                    }
+                    (Shape::Single, scalar) => self
+                        .value(scalar, &default_of(scalar), 1, &mut scratch, &mut out)
+                        .ok()?,
+                    (Shape::List, _) => out.extend_from_slice(b"[]"),
+                    (Shape::Map { .. }, _) => out.extend_from_slice(b"{}"),
+                }
             }
         }
         Some(out)
@@ -473,6 +481,7 @@ impl WirePrinter {
                 out.push(b',');
             }
             out.extend_from_slice(&field.key);
+            let value_start = out.len();
             let printed = match field.shape {
                 Shape::Single => {
                     if next - i > 1 {
@@ -487,11 +496,7 @@ impl WirePrinter {
                     }
                     let value = decode(field.scalar, scratch[i], bytes)?;
                     if field.presence || self.emit_unpopulated || !is_default(&value) {
-                        let start = out.len();
                         self.value(field.scalar, &value, depth, scratch, out)?;
-                        if let Some(capture) = capture.as_deref_mut().filter(|c| c.field == index) {
-                            capture.span = Some(start..out.len());
-                        }
                         true
                     } else {
                         false
@@ -505,6 +510,9 @@ impl WirePrinter {
             };
             if printed {
                 first = false;
+                if let Some(capture) = capture.as_deref_mut().filter(|c| c.field == index) {
+                    capture.span = Some(value_start..out.len());
+                }
             } else {
                 out.truncate(before);
             }

@@ -518,6 +518,14 @@ impl UpstreamBody {
         }
     }
 
+    /// The body is waiting for the backend: the timers must wake it.
+    fn wait_for_timers(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
+        match self.timers.poll_expired(cx) {
+            Poll::Ready((status, outcome)) => self.fail(status, outcome),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
     /// Ends the body with a status the gateway made (deadline, lost stream).
     fn fail(&mut self, status: Status, outcome: Outcome) -> Poll<Option<Frame<Bytes>>> {
         self.state = State::Done;
@@ -545,12 +553,17 @@ impl UpstreamBody {
         if matches!(self.state, State::Done) {
             return Poll::Ready(None);
         }
-        if let Poll::Ready((status, outcome)) = self.timers.poll_expired(cx) {
+        // The timer is polled (its waker registered) only when the body has
+        // to wait; a frame already here is checked against a timer that
+        // fired with one atomic load.
+        if self.timers.sleep.is_elapsed()
+            && let Poll::Ready((status, outcome)) = self.timers.poll_expired(cx)
+        {
             return self.fail(status, outcome);
         }
         if matches!(self.state, State::Data) {
             match self.recv.poll_data(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.wait_for_timers(cx),
                 Poll::Ready(Some(Ok(data))) => {
                     let _ = self.recv.flow_control().release_capacity(data.len());
                     if let Some((_, activity)) = &self.timers.idle {
@@ -562,7 +575,11 @@ impl UpstreamBody {
                 Poll::Ready(None) => self.state = State::Trailers,
             }
         }
-        match ready!(self.recv.poll_trailers(cx)) {
+        let trailers = match self.recv.poll_trailers(cx) {
+            Poll::Ready(trailers) => trailers,
+            Poll::Pending => return self.wait_for_timers(cx),
+        };
+        match trailers {
             Ok(Some(trailers)) => {
                 self.state = State::Done;
                 match Code::in_headers(&trailers) {
