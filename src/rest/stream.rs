@@ -36,6 +36,7 @@ use crate::grpc_frame::{self, COMPRESSED, FrameDecoder};
 use crate::status::{Code, Status};
 use crate::telemetry::CallRecord;
 use crate::transcode::{FieldViolation, JsonCodec, bad_request, status_json};
+use crate::upstream::StallLimit;
 
 /// How long an SSE stream may stay silent before a heartbeat comment.
 const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -191,6 +192,10 @@ pub(crate) async fn respond(
     *response.status_mut() = StatusCode::OK;
     if streaming {
         response.extensions_mut().insert(StreamsItsRecord);
+    }
+    // So the server can end the call if the client stops reading.
+    if let Some(stall) = parts.extensions.get::<StallLimit>() {
+        response.extensions_mut().insert(stall.clone());
     }
     response
 }

@@ -1,5 +1,7 @@
 //! Serves HTTP/1.1 connections (REST and gRPC-Web from browsers and curl)
-//! with hyper, with a header read timeout and bounded buffers.
+//! with hyper, with a header read timeout and bounded buffers, and closes a
+//! connection whose client stops reading a response past the call's limit
+//! (see [`super::stall`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,8 +12,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::Limits;
+use super::stall::{CurrentLimit, StallGuard};
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::upstream::StallLimit;
 
 /// Serves one HTTP/1.1 connection until it closes, or until a graceful
 /// shutdown lets the request in progress finish.
@@ -24,10 +28,17 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let current = CurrentLimit::default();
+    let io = StallGuard::new(io, current.clone());
     let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
         let gateway = gateway.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(gateway.handle(request.map(Body::hyper), &info).await) }
+        let current = current.clone();
+        async move {
+            let response = gateway.handle(request.map(Body::hyper), &info).await;
+            current.set(response.extensions().get::<StallLimit>().cloned());
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

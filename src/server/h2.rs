@@ -13,8 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 use super::Limits;
+use super::stall::StallTimer;
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::upstream::StallLimit;
 
 /// Serves one HTTP/2 connection until the client closes it or a graceful
 /// shutdown (GOAWAY) has let every stream finish.
@@ -97,9 +99,12 @@ async fn serve_stream(
 }
 
 /// Writes a response on an HTTP/2 stream, honouring flow control, and stops
-/// (dropping the body, which cancels an upstream call) if the client resets.
+/// (dropping the body, which cancels an upstream call) if the client resets,
+/// or resets the stream itself once the client has kept it waiting for
+/// window past the call's limit (see [`super::stall`]).
 pub(crate) async fn write_response(response: Response<Body>, mut respond: h2::server::SendResponse<Bytes>) {
-    let (parts, mut body) = response.into_parts();
+    let (mut parts, mut body) = response.into_parts();
+    let mut stall = StallTimer::new(parts.extensions.remove::<StallLimit>());
     let end_of_stream = body.is_end_stream();
     let mut send = match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
         Ok(send) => send,
@@ -112,13 +117,14 @@ pub(crate) async fn write_response(response: Response<Body>, mut respond: h2::se
         return;
     }
     let mut pending: Option<Bytes> = None;
-    poll_fn(|cx| poll_write_body(&mut body, &mut send, &mut pending, cx)).await;
+    poll_fn(|cx| poll_write_body(&mut body, &mut send, &mut pending, &mut stall, cx)).await;
 }
 
 fn poll_write_body(
     body: &mut Body,
     send: &mut h2::SendStream<Bytes>,
     pending: &mut Option<Bytes>,
+    stall: &mut StallTimer,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
     loop {
@@ -129,6 +135,13 @@ fn poll_write_body(
                     match send.poll_capacity(cx) {
                         Poll::Pending => {
                             *pending = Some(data);
+                            // The client reads nothing: the call's body is not
+                            // polled, so its timers cannot end it; this does.
+                            if stall.poll_expired(cx).is_ready() {
+                                tracing::debug!("client kept the response waiting past the call's limit; resetting");
+                                send.send_reset(h2::Reason::CANCEL);
+                                return Poll::Ready(());
+                            }
                             return match send.poll_reset(cx) {
                                 Poll::Ready(_) => Poll::Ready(()),
                                 Poll::Pending => Poll::Pending,

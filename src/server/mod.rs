@@ -8,6 +8,7 @@
 mod h1;
 mod h2;
 mod io;
+mod stall;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -403,6 +403,31 @@ impl Activity {
     }
 }
 
+/// How long a response may wait for its client to read it: until the
+/// call's deadline, and for streams until `stream_idle_timeout` has passed
+/// with no message in either direction.
+///
+/// The call's own timers live in its body, which nobody polls while the
+/// client reads nothing (its flow-control window stays shut), so the
+/// server that writes the response holds this copy (a response extension)
+/// and ends the stream itself when the wait outlasts it.
+#[derive(Clone)]
+pub(crate) struct StallLimit {
+    deadline: Option<Instant>,
+    idle: Option<(Duration, Arc<Activity>)>,
+}
+
+impl StallLimit {
+    /// When a response still waiting for its client must be given up.
+    pub(crate) fn expires_at(&self) -> Option<Instant> {
+        let idle = self.idle.as_ref().map(|(limit, activity)| activity.last() + *limit);
+        match (self.deadline, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// The timers of a call: an overall deadline (unary calls, or the client's
 /// `grpc-timeout`), and for streams an idle timeout.
 pub(crate) struct Timers {
@@ -430,6 +455,14 @@ impl Timers {
         let next = timers.next_expiry(far);
         timers.sleep.as_mut().reset(next);
         timers
+    }
+
+    /// The limit on waiting for the client, for the response's writer.
+    pub(crate) fn stall_limit(&self) -> StallLimit {
+        StallLimit {
+            deadline: self.deadline.map(|d| d.at),
+            idle: self.idle.clone(),
+        }
     }
 
     fn next_expiry(&self, far: Instant) -> Instant {

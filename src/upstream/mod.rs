@@ -30,7 +30,7 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use tokio::sync::Notify;
 
-pub(crate) use call::{Deadline, UpstreamBody};
+pub(crate) use call::{Deadline, StallLimit, UpstreamBody};
 pub use discovery::{Resolve, SystemResolver};
 pub(crate) use limits::OVERLOADED_HEADER;
 

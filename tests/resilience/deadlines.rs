@@ -165,3 +165,128 @@ async fn idle_stream_timeouts_do_not_count_against_the_backend() {
     );
     client.unary(echo("still served")).await.unwrap();
 }
+
+/// A client that stops reading a server stream stalls it: its window fills,
+/// then the gateway's buffer, then the backend's sends wait. Nothing moves,
+/// so the stream is idle and must end at `stream_idle_timeout`, upstream
+/// too, rather than hold the backend's stream for as long as the client's
+/// connection lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
+    let backend = FaultBackend::start("a").await;
+    let edge = edge(&[&backend], "", "stream_idle_timeout: 300ms").await;
+    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
+    // A small window, never released: the client reads nothing.
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/testing.v1.Echo/ServerStream", edge.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    let message = EchoRequest {
+        repeat: 10_000,
+        response_size: 4096,
+        ..echo("flood")
+    };
+    stream.send_data(grpc_frame(&message), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut recv = response.into_body();
+    wait_for(&edge, "the stream to reach the backend", Duration::from_secs(2), || {
+        backend.in_flight() == 1
+    })
+    .await;
+    let stalled = Instant::now();
+    wait_for(
+        &edge,
+        "the stalled stream to leave the backend",
+        Duration::from_secs(3),
+        || backend.in_flight() == 0 && edge.cluster("echo").streams_in_flight == 0,
+    )
+    .await;
+    let ended_after = stalled.elapsed();
+    assert!(ended_after < Duration::from_millis(1500), "ended after {ended_after:?}");
+    // The client, reading at last, gets what fit in its window and then the end.
+    let mut received = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(chunk) = recv.data().await {
+            match chunk {
+                Ok(chunk) => {
+                    received += chunk.len();
+                    let _ = recv.flow_control().release_capacity(chunk.len());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        recv.trailers().await
+    })
+    .await
+    .expect("the client's stream was never ended");
+    // Its response cannot end with trailers: they would follow the data that
+    // is waiting for its window. The stream is reset.
+    let error = ended.expect_err("the stalled stream ended normally");
+    assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error:?}");
+    assert!(received < 10_000 * 4096, "received {received} bytes");
+    println!("stalled stream ended {ended_after:?} after the backend had it; the client read {received} bytes first");
+}
+
+/// The same over HTTP/1.1 (REST, NDJSON): the client's TCP buffer fills and
+/// the gateway's writes wait. HTTP/1.1 has no way to end one response early
+/// but to close the connection, which the gateway does at the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = FaultBackend::start("a").await;
+    let edge = edge(&[&backend], "", "stream_idle_timeout: 300ms").await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A small receive buffer, so the stall comes soon.
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(edge.addr).await.unwrap();
+    let body = r#"{"message":"flood","repeat":10000,"responseSize":4096}"#;
+    let request = format!(
+        "POST /testing.v1.Echo/ServerStream HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 12];
+    tcp.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
+    wait_for(&edge, "the stream to reach the backend", Duration::from_secs(2), || {
+        backend.in_flight() == 1
+    })
+    .await;
+    let stalled = Instant::now();
+    wait_for(
+        &edge,
+        "the stalled stream to leave the backend",
+        Duration::from_secs(5),
+        || backend.in_flight() == 0 && edge.cluster("echo").streams_in_flight == 0,
+    )
+    .await;
+    let ended_after = stalled.elapsed();
+    // Reading at last: what was buffered, then the end of the connection.
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the connection was never closed")
+        .unwrap();
+    let lines = rest
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"{\"result\""))
+        .count();
+    assert!(lines < 10_000, "all {lines} messages arrived");
+    println!("stalled HTTP/1.1 stream ended {ended_after:?} after the backend had it; {lines} messages had arrived");
+}
