@@ -175,34 +175,12 @@ async fn idle_stream_timeouts_do_not_count_against_the_backend() {
 async fn a_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
     let backend = FaultBackend::start("a").await;
     let edge = edge(&[&backend], "", "stream_idle_timeout: 300ms").await;
-    let tcp = tokio::net::TcpStream::connect(edge.addr).await.unwrap();
-    // A small window, never released: the client reads nothing.
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(1024)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/testing.v1.Echo/ServerStream", edge.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(request, false).unwrap();
     let message = EchoRequest {
         repeat: 10_000,
         response_size: 4096,
         ..echo("flood")
     };
-    stream.send_data(grpc_frame(&message), true).unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut recv = response.into_body();
+    let mut recv = call_without_reading(edge.addr, "ServerStream", &message).await;
     wait_for(&edge, "the stream to reach the backend", Duration::from_secs(2), || {
         backend.in_flight() == 1
     })
@@ -239,6 +217,62 @@ async fn a_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
     assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error:?}");
     assert!(received < 10_000 * 4096, "received {received} bytes");
     println!("stalled stream ended {ended_after:?} after the backend had it; the client read {received} bytes first");
+}
+
+/// A unary answer larger than the client's window, which the client never
+/// reads: it is given up at the call's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_answer_the_client_does_not_read_is_given_up_at_the_deadline() {
+    let backend = FaultBackend::start("a").await;
+    let edge = edge(&[&backend], "", "timeout: 300ms").await;
+    let message = EchoRequest {
+        response_size: 64 << 10,
+        ..echo("large")
+    };
+    let started = Instant::now();
+    let mut recv = call_without_reading(edge.addr, "Unary", &message).await;
+    wait_for(&edge, "the call to end at the gateway", Duration::from_secs(3), || {
+        edge.cluster("echo").unary_in_flight == 0
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "ended after {took:?}");
+    let error = loop {
+        match recv.data().await {
+            Some(Ok(_)) => {}
+            Some(Err(e)) => break e,
+            None => panic!("the answer arrived whole through a shut window"),
+        }
+    };
+    assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error:?}");
+}
+
+/// Sends `message` to `testing.v1.Echo/{method}` on a connection whose
+/// client window is 1 KiB and is never released, and returns the response
+/// body unread.
+async fn call_without_reading(addr: std::net::SocketAddr, method: &str, message: &EchoRequest) -> h2::RecvStream {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/testing.v1.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    stream.send_data(grpc_frame(message), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
 }
 
 /// The same over HTTP/1.1 (REST, NDJSON): the client's TCP buffer fills and
