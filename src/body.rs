@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body as _, Frame, SizeHint};
 
 use crate::telemetry::Observer;
-use crate::upstream::UpstreamBody;
+use crate::upstream::{StallLimit, UpstreamBody};
 
 /// Errors a body can yield; they end the exchange (an HTTP/2 stream is reset).
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -98,6 +98,15 @@ impl Body {
         Self {
             kind: Kind::Upstream(Box::new(body)),
             observer: None,
+        }
+    }
+
+    /// How long this body may wait for the client to read it, when it is a
+    /// call's response from an upstream (see [`StallLimit`]).
+    pub(crate) fn stall_limit(&self) -> Option<StallLimit> {
+        match &self.kind {
+            Kind::Upstream(upstream) => Some(upstream.stall_limit()),
+            _ => None,
         }
     }
 

@@ -229,6 +229,10 @@ fn into_web(response: Response<Body>, encoding: Encoding, fault: Fault) -> Respo
         // Trailers-only: the status is in the headers and nothing follows.
         return Response::from_parts(parts, Body::empty());
     }
+    // The wrapped body cannot be asked how long it may wait for the client.
+    if let Some(stall) = body.stall_limit() {
+        parts.extensions.insert(stall);
+    }
     Response::from_parts(parts, Body::new(ResponseBody::new(body, encoding, fault)))
 }
 

@@ -36,7 +36,6 @@ use crate::grpc_frame::{self, COMPRESSED, FrameDecoder};
 use crate::status::{Code, Status};
 use crate::telemetry::CallRecord;
 use crate::transcode::{FieldViolation, JsonCodec, bad_request, status_json};
-use crate::upstream::StallLimit;
 
 /// How long an SSE stream may stay silent before a heartbeat comment.
 const SSE_HEARTBEAT: Duration = Duration::from_secs(15);
@@ -132,6 +131,7 @@ pub(crate) async fn respond(
     record: CallRecord,
 ) -> Response<Body> {
     let (parts, body) = upstream.into_parts();
+    let stall = body.stall_limit();
     let mut reader = MessageReader {
         body,
         headers_status: Status::from_headers(&parts.headers),
@@ -194,8 +194,8 @@ pub(crate) async fn respond(
         response.extensions_mut().insert(StreamsItsRecord);
     }
     // So the server can end the call if the client stops reading.
-    if let Some(stall) = parts.extensions.get::<StallLimit>() {
-        response.extensions_mut().insert(stall.clone());
+    if let Some(stall) = stall {
+        response.extensions_mut().insert(stall);
     }
     response
 }

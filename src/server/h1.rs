@@ -36,7 +36,8 @@ pub(crate) async fn serve<IO>(
         let current = current.clone();
         async move {
             let response = gateway.handle(request.map(Body::hyper), &info).await;
-            current.set(response.extensions().get::<StallLimit>().cloned());
+            let limit = response.extensions().get::<StallLimit>().cloned();
+            current.set(limit.or_else(|| response.body().stall_limit()));
             Ok::<_, Infallible>(response)
         }
     });

@@ -409,8 +409,9 @@ impl Activity {
 ///
 /// The call's own timers live in its body, which nobody polls while the
 /// client reads nothing (its flow-control window stays shut), so the
-/// server that writes the response holds this copy (a response extension)
-/// and ends the stream itself when the wait outlasts it.
+/// server that writes the response asks the body for this copy (front ends
+/// that wrap the body pass it on as a response extension) and ends the
+/// stream itself when the wait outlasts it.
 #[derive(Clone)]
 pub(crate) struct StallLimit {
     deadline: Option<Instant>,
@@ -580,6 +581,11 @@ impl UpstreamBody {
 
     pub(crate) fn is_end_stream(&self) -> bool {
         matches!(self.state, State::Done)
+    }
+
+    /// How long the response may wait for its client (see [`StallLimit`]).
+    pub(crate) fn stall_limit(&self) -> StallLimit {
+        self.timers.stall_limit()
     }
 
     pub(crate) fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {

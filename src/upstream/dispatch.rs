@@ -335,10 +335,8 @@ impl Cluster {
             endpoint: guard.endpoint().target.clone(),
             retries,
         };
-        let stall = timers.stall_limit();
         let mut response = self.convert(response, guard, timers);
         response.extensions_mut().insert(served);
-        response.extensions_mut().insert(stall);
         response
     }
 

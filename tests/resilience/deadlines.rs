@@ -275,11 +275,34 @@ async fn call_without_reading(addr: std::net::SocketAddr, method: &str, message:
     response.into_body()
 }
 
-/// The same over HTTP/1.1 (REST, NDJSON): the client's TCP buffer fills and
-/// the gateway's writes wait. HTTP/1.1 has no way to end one response early
-/// but to close the connection, which the gateway does at the idle timeout.
+/// The same over HTTP/1.1, for REST (NDJSON) and gRPC-Web: the client's TCP
+/// buffer fills and the gateway's writes wait. HTTP/1.1 has no way to end
+/// one response early but to close the connection, which the gateway does
+/// at the idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http1_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
+    let json = r#"{"message":"flood","repeat":10000,"responseSize":4096}"#;
+    let rest_lines = http1_stream_without_reading("application/json", json.as_bytes()).await;
+    let rest_messages = rest_lines
+        .split(|&b| b == b'\n')
+        .filter(|l| l.starts_with(b"{\"result\""))
+        .count();
+    assert!(rest_messages < 10_000, "all {rest_messages} messages arrived");
+    let message = EchoRequest {
+        repeat: 10_000,
+        response_size: 4096,
+        ..echo("flood")
+    };
+    let web = http1_stream_without_reading("application/grpc-web+proto", &grpc_frame(&message)).await;
+    // Each message is a 5-byte frame header and a bit more than its payload.
+    assert!(web.len() < 10_000 * 4096, "all {} bytes arrived", web.len());
+}
+
+/// Sends a `testing.v1.Echo/ServerStream` request (`body`, as
+/// `content_type`) over HTTP/1.1 from a client with a small receive buffer,
+/// reads nothing until the gateway has ended the call, then reads what was
+/// sent (until the connection closes) and returns it.
+async fn http1_stream_without_reading(content_type: &str, body: &[u8]) -> Vec<u8> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let backend = FaultBackend::start("a").await;
@@ -288,13 +311,13 @@ async fn an_http1_stream_whose_client_stopped_reading_ends_at_the_idle_timeout()
     // A small receive buffer, so the stall comes soon.
     socket.set_recv_buffer_size(4096).unwrap();
     let mut tcp = socket.connect(edge.addr).await.unwrap();
-    let body = r#"{"message":"flood","repeat":10000,"responseSize":4096}"#;
-    let request = format!(
-        "POST /testing.v1.Echo/ServerStream HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n{body}",
+    let head = format!(
+        "POST /testing.v1.Echo/ServerStream HTTP/1.1\r\nhost: edge\r\ncontent-type: {content_type}\r\n\
+         content-length: {}\r\n\r\n",
         body.len()
     );
-    tcp.write_all(request.as_bytes()).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(body).await.unwrap();
     let mut head = [0u8; 12];
     tcp.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
@@ -317,10 +340,9 @@ async fn an_http1_stream_whose_client_stopped_reading_ends_at_the_idle_timeout()
         .await
         .expect("the connection was never closed")
         .unwrap();
-    let lines = rest
-        .split(|&b| b == b'\n')
-        .filter(|l| l.starts_with(b"{\"result\""))
-        .count();
-    assert!(lines < 10_000, "all {lines} messages arrived");
-    println!("stalled HTTP/1.1 stream ended {ended_after:?} after the backend had it; {lines} messages had arrived");
+    println!(
+        "stalled HTTP/1.1 {content_type} stream ended {ended_after:?} after the backend had it; {} bytes had arrived",
+        rest.len()
+    );
+    rest
 }
