@@ -282,3 +282,57 @@ async fn a_large_unary_message_passes_intact() {
         .into_inner();
     assert_eq!(response.payload.len(), 3 << 20);
 }
+
+/// A client connection with no call for `idle_timeout` is closed with a
+/// GOAWAY (gRPC clients reconnect for their next call); one with a stream in
+/// flight stays open, however long the stream lasts.
+#[tokio::test]
+async fn idle_client_connections_are_closed_busy_ones_are_not() {
+    let backend = Backend::start("b1").await;
+    let mut options = grpc_edge::ServeOptions::default();
+    options.limits.idle_timeout = Duration::from_millis(200);
+    let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
+    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    let mut closed = tokio::spawn(connection);
+    // Five messages 150 ms apart: the stream lasts several idle periods.
+    let request = EchoRequest {
+        repeat: 5,
+        delay_ms: 150,
+        ..echo("long")
+    };
+    let mut send = send.ready().await.unwrap();
+    let head = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/testing.v1.Echo/ServerStream", gateway.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(head, false).unwrap();
+    stream.send_data(grpc_frame(&request), true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received += chunk.len();
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    assert!(received > 0);
+    assert!(
+        tokio::time::timeout(Duration::ZERO, &mut closed).await.is_err(),
+        "closed while a stream was in flight"
+    );
+    // Now idle: closed within two idle periods (and some slack).
+    let idle = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), &mut closed)
+        .await
+        .expect("the idle connection was never closed")
+        .unwrap()
+        .unwrap();
+    let after = idle.elapsed();
+    assert!(after >= Duration::from_millis(150), "closed after {after:?}");
+    println!("idle connection closed {after:?} after its last call");
+}

@@ -5,6 +5,7 @@
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -55,10 +56,21 @@ pub(crate) async fn serve<IO>(
     if draining {
         connection.graceful_shutdown();
     }
+    // Idle for a whole period: no stream task alive (each holds a clone of
+    // `info`) at the last check nor now, and none accepted in between.
+    // Counting accepts costs the hot path nothing; the price is closing
+    // after one to two idle periods.
+    let period = match limits.idle_timeout {
+        Duration::ZERO => Duration::from_secs(86_400 * 365),
+        idle => idle,
+    };
+    let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let (mut accepted, mut accepted_at_check, mut idle_at_check) = (0u64, 0u64, false);
     loop {
         tokio::select! {
             next = connection.accept() => match next {
                 Some(Ok((request, respond))) => {
+                    accepted += 1;
                     // Boxed: the task then holds a pointer, and the call's large
                     // state machine is not copied again as the task starts and ends.
                     tokio::spawn(Box::pin(serve_stream(gateway.clone(), info.clone(), request, respond)));
@@ -74,6 +86,16 @@ pub(crate) async fn serve<IO>(
                 if changed.is_ok() {
                     connection.graceful_shutdown();
                 }
+            }
+            _ = idle_check.tick(), if !draining => {
+                let idle = Arc::strong_count(&info) == 1;
+                if idle && idle_at_check && accepted == accepted_at_check {
+                    tracing::debug!(idle_timeout = ?limits.idle_timeout, "closing an idle HTTP/2 connection");
+                    draining = true;
+                    connection.graceful_shutdown();
+                }
+                accepted_at_check = accepted;
+                idle_at_check = idle;
             }
         }
     }

@@ -41,8 +41,14 @@ pub struct Limits {
     /// Bytes buffered per stream for a slow client before writes wait.
     pub max_send_buffer: usize,
     /// Time allowed for a new connection to finish its TLS handshake, and
-    /// again to send its first request headers.
+    /// again to send its first request headers. An HTTP/1.1 connection
+    /// waiting for its next request is closed after this long too.
     pub handshake_timeout: Duration,
+    /// An HTTP/2 connection with no call in flight for this long (to twice
+    /// as long) is closed gracefully, with a GOAWAY; a stream in flight
+    /// keeps it open however long it lasts (Envoy's `idle_timeout`, whose
+    /// default this is). Zero: never.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -54,6 +60,7 @@ impl Default for Limits {
             max_header_list_size: 64 << 10,
             max_send_buffer: 256 << 10,
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
         }
     }
 }

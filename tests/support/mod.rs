@@ -334,6 +334,10 @@ impl Drop for GatewayHandle {
 }
 
 pub async fn start_gateway(yaml: &str) -> GatewayHandle {
+    start_gateway_with(yaml, grpc_edge::ServeOptions::default()).await
+}
+
+pub async fn start_gateway_with(yaml: &str, options: grpc_edge::ServeOptions) -> GatewayHandle {
     let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config invalid: {e}\n{yaml}"));
     let gateway = Gateway::from_config(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -345,7 +349,7 @@ pub async fn start_gateway(yaml: &str) -> GatewayHandle {
         async {
             let _ = stopped.await;
         },
-        grpc_edge::ServeOptions::default(),
+        options,
     ));
     GatewayHandle {
         addr,
