@@ -336,3 +336,41 @@ async fn idle_client_connections_are_closed_busy_ones_are_not() {
     assert!(after >= Duration::from_millis(150), "closed after {after:?}");
     println!("idle connection closed {after:?} after its last call");
 }
+
+/// An HTTP/1.1 connection kept alive after its request is closed when no
+/// next request starts within `handshake_timeout`.
+#[tokio::test]
+async fn idle_http1_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start("b1").await;
+    let mut options = grpc_edge::ServeOptions::default();
+    options.limits.handshake_timeout = Duration::from_millis(300);
+    let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
+    let mut tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let body = r#"{"message":"hi"}"#;
+    let request = format!(
+        "POST /testing.v1.Echo/Unary HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let answered = Instant::now();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the idle keep-alive connection was never closed");
+    let after = answered.elapsed();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"message\":\"hi\""), "{text}");
+    assert!(after >= Duration::from_millis(250), "closed after {after:?}");
+}
