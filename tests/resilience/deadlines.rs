@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 
-use crate::support::faults::FaultBackend;
 use crate::support::faults::raw_grpc;
+use crate::support::faults::{Edge, FaultBackend};
 use crate::support::{EchoRequest, echo, grpc_frame, grpc_timeout_of, server_stream_all};
 use crate::{edge, wait_for};
 
@@ -181,19 +181,7 @@ async fn a_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
         ..echo("flood")
     };
     let mut recv = call_without_reading(edge.addr, "ServerStream", &message).await;
-    wait_for(&edge, "the stream to reach the backend", Duration::from_secs(2), || {
-        backend.in_flight() == 1
-    })
-    .await;
-    let stalled = Instant::now();
-    wait_for(
-        &edge,
-        "the stalled stream to leave the backend",
-        Duration::from_secs(3),
-        || backend.in_flight() == 0 && edge.cluster("echo").streams_in_flight == 0,
-    )
-    .await;
-    let ended_after = stalled.elapsed();
+    let ended_after = until_the_stalled_stream_ends(&edge, &backend, Duration::from_secs(3)).await;
     assert!(ended_after < Duration::from_millis(1500), "ended after {ended_after:?}");
     // The client, reading at last, gets what fit in its window and then the end.
     let mut received = 0;
@@ -321,19 +309,7 @@ async fn http1_stream_without_reading(content_type: &str, body: &[u8]) -> Vec<u8
     let mut head = [0u8; 12];
     tcp.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
-    wait_for(&edge, "the stream to reach the backend", Duration::from_secs(2), || {
-        backend.in_flight() == 1
-    })
-    .await;
-    let stalled = Instant::now();
-    wait_for(
-        &edge,
-        "the stalled stream to leave the backend",
-        Duration::from_secs(5),
-        || backend.in_flight() == 0 && edge.cluster("echo").streams_in_flight == 0,
-    )
-    .await;
-    let ended_after = stalled.elapsed();
+    let ended_after = until_the_stalled_stream_ends(&edge, &backend, Duration::from_secs(5)).await;
     // Reading at last: what was buffered, then the end of the connection.
     let mut rest = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
@@ -345,4 +321,19 @@ async fn http1_stream_without_reading(content_type: &str, body: &[u8]) -> Vec<u8
         rest.len()
     );
     rest
+}
+
+/// Waits for the stream to reach the backend, then (at most `limit`) for
+/// the gateway to end it; returns how long the second wait took.
+async fn until_the_stalled_stream_ends(edge: &Edge, backend: &FaultBackend, limit: Duration) -> Duration {
+    wait_for(edge, "the stream to reach the backend", Duration::from_secs(2), || {
+        backend.in_flight() == 1
+    })
+    .await;
+    let stalled = Instant::now();
+    wait_for(edge, "the stalled stream to leave the backend", limit, || {
+        backend.in_flight() == 0 && edge.cluster("echo").streams_in_flight == 0
+    })
+    .await;
+    stalled.elapsed()
 }
