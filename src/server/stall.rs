@@ -32,6 +32,11 @@ impl StallTimer {
         Self { limit, timer: None }
     }
 
+    /// Starts judging a new wait by `limit`, keeping the timer's allocation.
+    fn set_limit(&mut self, limit: Option<StallLimit>) {
+        self.limit = limit;
+    }
+
     /// Called while a write waits for the client: `Ready` once it has kept
     /// the response waiting past the limit; otherwise the timer wakes the
     /// task when it might have.
@@ -86,8 +91,9 @@ impl CurrentLimit {
 pub(super) struct StallGuard<IO> {
     io: IO,
     current: CurrentLimit,
-    /// Armed when a write first waits, with the limit current then.
-    waiting: Option<StallTimer>,
+    /// Judges a wait by the limit current when the wait began.
+    timer: StallTimer,
+    waiting: bool,
 }
 
 impl<IO> StallGuard<IO> {
@@ -95,19 +101,22 @@ impl<IO> StallGuard<IO> {
         Self {
             io,
             current,
-            waiting: None,
+            timer: StallTimer::new(None),
+            waiting: false,
         }
     }
 
     /// Passes a write's result on; a write that waits counts toward the limit.
     fn after_write<T>(&mut self, cx: &mut Context<'_>, result: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
         if result.is_ready() {
-            self.waiting = None;
+            self.waiting = false;
             return result;
         }
-        let current = &self.current;
-        let waiting = self.waiting.get_or_insert_with(|| StallTimer::new(current.get()));
-        match waiting.poll_expired(cx) {
+        if !self.waiting {
+            self.waiting = true;
+            self.timer.set_limit(self.current.get());
+        }
+        match self.timer.poll_expired(cx) {
             Poll::Ready(()) => {
                 tracing::debug!("client kept the response waiting past the call's limit; closing the connection");
                 Poll::Ready(Err(io::Error::new(
