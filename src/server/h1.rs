@@ -36,8 +36,8 @@ pub(crate) async fn serve<IO>(
         let current = current.clone();
         async move {
             let response = gateway.handle(request.map(Body::hyper), &info).await;
-            let limit = response.extensions().get::<StallLimit>().cloned();
-            current.set(limit.or_else(|| response.body().stall_limit()));
+            let limit = response.body().stall_limit();
+            current.set(limit.or_else(|| response.extensions().get::<StallLimit>().cloned()));
             Ok::<_, Infallible>(response)
         }
     });

@@ -126,7 +126,9 @@ async fn serve_stream(
 /// window past the call's limit (see [`super::stall`]).
 pub(crate) async fn write_response(response: Response<Body>, mut respond: h2::server::SendResponse<Bytes>) {
     let (mut parts, mut body) = response.into_parts();
-    let mut stall = StallTimer::new(parts.extensions.remove::<StallLimit>().or_else(|| body.stall_limit()));
+    // An upstream body knows its limit; front ends that wrap one carry it
+    // as an extension (looked up only then: native answers skip the map).
+    let mut stall = StallTimer::new(body.stall_limit().or_else(|| parts.extensions.remove::<StallLimit>()));
     let end_of_stream = body.is_end_stream();
     let mut send = match respond.send_response(Response::from_parts(parts, ()), end_of_stream) {
         Ok(send) => send,

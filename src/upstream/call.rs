@@ -421,11 +421,17 @@ pub(crate) struct StallLimit {
 impl StallLimit {
     /// When a response still waiting for its client must be given up.
     pub(crate) fn expires_at(&self) -> Option<Instant> {
-        let idle = self.idle.as_ref().map(|(limit, activity)| activity.last() + *limit);
-        match (self.deadline, idle) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest_expiry(self.deadline, self.idle.as_ref())
+    }
+}
+
+/// The sooner of a deadline and an idle timeout (counted from the last
+/// activity), if there is either.
+fn earliest_expiry(deadline: Option<Instant>, idle: Option<&(Duration, Arc<Activity>)>) -> Option<Instant> {
+    let idle = idle.map(|(limit, activity)| activity.last() + *limit);
+    match (deadline, idle) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -467,12 +473,7 @@ impl Timers {
     }
 
     fn next_expiry(&self, far: Instant) -> Instant {
-        let deadline = self.deadline.map_or(far, |d| d.at);
-        let idle = self
-            .idle
-            .as_ref()
-            .map_or(far, |(limit, activity)| activity.last() + *limit);
-        deadline.min(idle)
+        earliest_expiry(self.deadline.map(|d| d.at), self.idle.as_ref()).unwrap_or(far)
     }
 
     /// `Ready` when a timer truly expired, with the status for the client and

@@ -557,18 +557,16 @@ async fn drive(
     let reason: String = loop {
         tokio::select! {
             result = &mut connection => {
+                // Read from the transport, not from `result`: a GOAWAY
+                // followed by a TCP reset (the server closed with our
+                // requests unread) ends in the I/O error, and the transport
+                // saw the GOAWAY all the same.
+                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                    end = ConnectionEnd::RefusedOurTraffic;
+                }
                 break match result {
                     Ok(()) => "closed by the server".into(),
-                    Err(e) => {
-                        let calm = Some(h2::Reason::ENHANCE_YOUR_CALM);
-                        // A GOAWAY followed by a TCP reset (the server closed
-                        // with our requests unread) ends in the I/O error:
-                        // the transport saw the GOAWAY all the same.
-                        if (e.is_go_away() && e.is_remote() && e.reason() == calm) || last_goaway.reason() == calm {
-                            end = ConnectionEnd::RefusedOurTraffic;
-                        }
-                        format!("connection error: {e}")
-                    }
+                    Err(e) => format!("connection error: {e}"),
                 };
             }
             _ = &mut retire_at, if !conn.is_draining() => {
