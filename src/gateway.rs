@@ -107,6 +107,8 @@ pub(crate) struct GatewayInner {
     pub(crate) telemetry: Arc<crate::telemetry::Telemetry>,
     /// Client connections open now.
     connections: std::sync::atomic::AtomicUsize,
+    /// Client connections closed by the rapid-reset guard.
+    premature_reset_closes: std::sync::atomic::AtomicU64,
     /// Set by a shutdown handle: new calls are refused while calls in flight finish.
     draining: std::sync::atomic::AtomicBool,
     /// TLS towards each upstream that has it.
@@ -146,6 +148,10 @@ impl GatewayInner {
 
     pub(crate) fn open_connections(&self) -> usize {
         self.connections.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn premature_reset_closes(&self) -> u64 {
+        self.premature_reset_closes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Each service routed to a network upstream, and whether that upstream
@@ -272,6 +278,7 @@ impl Gateway {
                 health: builtins.health.clone(),
                 telemetry,
                 connections: std::sync::atomic::AtomicUsize::new(0),
+                premature_reset_closes: std::sync::atomic::AtomicU64::new(0),
                 draining: std::sync::atomic::AtomicBool::new(false),
                 client_tls,
                 listener_tls: std::sync::OnceLock::new(),
@@ -386,6 +393,12 @@ impl Gateway {
     pub(crate) fn connection_opened(&self) {
         self.inner
             .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_premature_reset_close(&self) {
+        self.inner
+            .premature_reset_closes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -18,6 +18,7 @@
 //! - `health`: active health checks.
 //! - `discovery`: DNS records appearing, disappearing, and the resolver failing.
 //! - `balancing`: latency-aware balancing.
+//! - `resets`: the rapid-reset guard, and the clients it leaves alone.
 //! - `admin`: the text form of `/upstreams`, `/readyz`, `/config`.
 
 mod support;
@@ -38,6 +39,8 @@ mod health;
 mod limits;
 #[path = "resilience/outlier.rs"]
 mod outlier;
+#[path = "resilience/resets.rs"]
+mod resets;
 #[path = "resilience/retries.rs"]
 mod retries;
 

@@ -8,6 +8,7 @@
 mod h1;
 mod h2;
 mod io;
+mod resets;
 mod stall;
 
 use std::future::Future;
@@ -49,6 +50,15 @@ pub struct Limits {
     /// keeps it open however long it lasts (Envoy's `idle_timeout`, whose
     /// default this is). Zero: never.
     pub idle_timeout: Duration,
+    /// The rapid-reset guard (CVE-2023-44487; Envoy's premature-reset
+    /// limit): an HTTP/2 connection whose client has reset more than half of
+    /// its streams early, counted over at least this many streams, is
+    /// closed with GOAWAY(ENHANCE_YOUR_CALM). Zero: never.
+    pub premature_reset_streams: u32,
+    /// How young a stream must be for the client's reset to count as early.
+    /// A reset after the response ended, or at about the deadline the
+    /// client itself declared (`grpc-timeout`), never counts.
+    pub premature_reset_min_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -61,6 +71,8 @@ impl Default for Limits {
             max_send_buffer: 256 << 10,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
+            premature_reset_streams: 500,
+            premature_reset_min_lifetime: Duration::from_secs(1),
         }
     }
 }

@@ -341,6 +341,12 @@ impl Collector for GatewayCollector {
         )?;
         single(
             e,
+            "grpc_edge_premature_reset_closes",
+            "Client connections closed for resetting most of their streams early (rapid reset)",
+            ConstCounter::new(inner.premature_reset_closes()),
+        )?;
+        single(
+            e,
             "process_resident_memory_bytes",
             "Resident memory of the gateway process",
             ConstGauge::new(resident_memory_bytes() as i64),
