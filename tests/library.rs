@@ -353,6 +353,56 @@ async fn the_client_address_reaches_network_backends_when_embedded() {
     app.stop().await;
 }
 
+/// A host's server does not know the call's stall limit; the gateway's
+/// watchdog applies it: a server stream whose client stopped reading (over
+/// HTTP/2 with a shut window, or HTTP/1.1 with a full socket) is cancelled
+/// upstream at `stream_idle_timeout`, instead of holding the backend's
+/// stream for as long as the client's connection lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_stream_whose_client_stopped_reading_releases_the_backend_at_the_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = support::faults::FaultBackend::start("flood").await;
+    let yaml = support::config_yaml(&[backend.addr], "", "stream_idle_timeout: 300ms");
+    let gateway = Gateway::builder()
+        .config(grpc_edge::config::Config::from_yaml(&yaml).unwrap())
+        .build()
+        .unwrap();
+    let app = Served::axum(Router::new().merge(gateway.router())).await;
+    let flood = support::EchoRequest {
+        repeat: 10_000,
+        response_size: 4096,
+        ..support::echo("flood")
+    };
+    let until_released = || async {
+        let reached = support::faults::wait_until(Duration::from_secs(2), || backend.in_flight() == 1).await;
+        assert!(reached.is_some(), "the stream never reached the backend");
+        support::faults::wait_until(Duration::from_secs(3), || backend.in_flight() == 0)
+            .await
+            .expect("the stalled stream still holds the backend")
+    };
+
+    let unread = support::call_without_reading(app.addr, "ServerStream", &flood).await;
+    let released = until_released().await;
+    assert!(released < Duration::from_millis(1500), "released after {released:?}");
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut tcp = socket.connect(app.addr).await.unwrap();
+    let body = support::grpc_frame(&flood);
+    let head = format!(
+        "POST /testing.v1.Echo/ServerStream HTTP/1.1\r\nhost: app\r\ncontent-type: application/grpc-web+proto\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    let released = until_released().await;
+    assert!(released < Duration::from_millis(1500), "released after {released:?}");
+    drop((unread, tcp));
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // In-process services.
 

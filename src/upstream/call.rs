@@ -423,6 +423,11 @@ impl StallLimit {
     pub(crate) fn expires_at(&self) -> Option<Instant> {
         earliest_expiry(self.deadline, self.idle.as_ref())
     }
+
+    /// Whether this is a stream's limit (it has an idle timeout).
+    pub(crate) fn is_stream(&self) -> bool {
+        self.idle.is_some()
+    }
 }
 
 /// The sooner of a deadline and an idle timeout (counted from the last

@@ -9,7 +9,7 @@ use tokio_stream::StreamExt;
 use crate::support::faults::raw_grpc;
 use crate::support::faults::{Edge, FaultBackend};
 use crate::support::{EchoRequest, echo, grpc_frame, grpc_timeout_of, server_stream_all};
-use crate::{edge, wait_for};
+use crate::{edge, support, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_deadline_ends_slow_calls_on_time_and_never_ejects() {
@@ -180,7 +180,7 @@ async fn a_stream_whose_client_stopped_reading_ends_at_the_idle_timeout() {
         response_size: 4096,
         ..echo("flood")
     };
-    let mut recv = call_without_reading(edge.addr, "ServerStream", &message).await;
+    let mut recv = support::call_without_reading(edge.addr, "ServerStream", &message).await;
     let ended_after = until_the_stalled_stream_ends(&edge, &backend, Duration::from_secs(3)).await;
     assert!(ended_after < Duration::from_millis(1500), "ended after {ended_after:?}");
     // The client, reading at last, gets what fit in its window and then the end.
@@ -218,7 +218,7 @@ async fn a_unary_answer_the_client_does_not_read_is_given_up_at_the_deadline() {
         ..echo("large")
     };
     let started = Instant::now();
-    let mut recv = call_without_reading(edge.addr, "Unary", &message).await;
+    let mut recv = support::call_without_reading(edge.addr, "Unary", &message).await;
     wait_for(&edge, "the call to end at the gateway", Duration::from_secs(3), || {
         edge.cluster("echo").unary_in_flight == 0
     })
@@ -233,34 +233,6 @@ async fn a_unary_answer_the_client_does_not_read_is_given_up_at_the_deadline() {
         }
     };
     assert_eq!(error.reason(), Some(h2::Reason::CANCEL), "{error:?}");
-}
-
-/// Sends `message` to `testing.v1.Echo/{method}` on a connection whose
-/// client window is 1 KiB and is never released, and returns the response
-/// body unread.
-async fn call_without_reading(addr: std::net::SocketAddr, method: &str, message: &EchoRequest) -> h2::RecvStream {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = h2::client::Builder::new()
-        .initial_window_size(1024)
-        .handshake::<_, bytes::Bytes>(tcp)
-        .await
-        .unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut send = send.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/testing.v1.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(request, false).unwrap();
-    stream.send_data(grpc_frame(message), true).unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), 200);
-    response.into_body()
 }
 
 /// The same over HTTP/1.1, for REST (NDJSON) and gRPC-Web: the client's TCP

@@ -554,3 +554,31 @@ pub async fn server_stream_all(client: &mut EchoClient<Channel>, request: EchoRe
         .await
         .expect("expected every message")
 }
+
+/// Sends `message` to `testing.v1.Echo/{method}` on a connection whose
+/// client window is 1 KiB and is never released, and returns the response
+/// body unread.
+pub async fn call_without_reading(addr: std::net::SocketAddr, method: &str, message: &EchoRequest) -> h2::RecvStream {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/testing.v1.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(request, false).unwrap();
+    stream.send_data(grpc_frame(message), true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body()
+}

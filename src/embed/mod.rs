@@ -2,6 +2,11 @@
 //! `nest` or `merge`, a plain `tower::Service` for hyper users, the admin
 //! endpoints as a router of their own, and a shutdown handle that drains
 //! calls in flight.
+//!
+//! - `stall_watch`: ends streams whose client stopped reading, which the
+//!   host's server cannot know to do.
+
+mod stall_watch;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -130,7 +135,7 @@ where
             .or_else(|| request.extensions().get::<SocketAddr>().copied());
         Box::pin(async move {
             let conn = ConnInfo::new(remote, false);
-            Ok(gateway.handle(request.map(Body::new), &conn).await)
+            Ok(stall_watch::watch(gateway.handle(request.map(Body::new), &conn).await))
         })
     }
 }
