@@ -109,6 +109,8 @@ pub(crate) struct GatewayInner {
     connections: std::sync::atomic::AtomicUsize,
     /// Client connections closed by the rapid-reset guard.
     premature_reset_closes: std::sync::atomic::AtomicU64,
+    /// Client connections closed at once for the connection limit.
+    connections_over_limit: std::sync::atomic::AtomicU64,
     /// Set by a shutdown handle: new calls are refused while calls in flight finish.
     draining: std::sync::atomic::AtomicBool,
     /// TLS towards each upstream that has it.
@@ -152,6 +154,10 @@ impl GatewayInner {
 
     pub(crate) fn premature_reset_closes(&self) -> u64 {
         self.premature_reset_closes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn connections_over_limit(&self) -> u64 {
+        self.connections_over_limit.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Each service routed to a network upstream, and whether that upstream
@@ -279,6 +285,7 @@ impl Gateway {
                 telemetry,
                 connections: std::sync::atomic::AtomicUsize::new(0),
                 premature_reset_closes: std::sync::atomic::AtomicU64::new(0),
+                connections_over_limit: std::sync::atomic::AtomicU64::new(0),
                 draining: std::sync::atomic::AtomicBool::new(false),
                 client_tls,
                 listener_tls: std::sync::OnceLock::new(),
@@ -399,6 +406,12 @@ impl Gateway {
     pub(crate) fn note_premature_reset_close(&self) {
         self.inner
             .premature_reset_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn note_connection_over_limit(&self) {
+        self.inner
+            .connections_over_limit
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 

@@ -209,6 +209,6 @@ pub use builder::GatewayBuilder;
 pub use embed::{GatewayService, ShutdownHandle};
 pub use gateway::{BuildError, CertsSnapshot, ConnInfo, Gateway};
 pub use report::{check_warnings, route_lines};
-pub use server::{ServeOptions, serve, serve_admin};
+pub use server::{ServeOptions, raise_open_file_limit, serve, serve_admin};
 pub use status::{Code, Status};
 pub use upstream::{ClusterSnapshot, DiscoverySnapshot, EndpointSnapshot, Resolve, SystemResolver};

@@ -66,6 +66,11 @@ fn main() -> ExitCode {
         LogFormat::Text => grpc_edge::logging::LogFormat::Text,
         LogFormat::Json => grpc_edge::logging::LogFormat::Json,
     });
+    if matches!(cli.command, Command::Serve { .. } | Command::Demo { .. })
+        && let Some((from, to)) = grpc_edge::raise_open_file_limit()
+    {
+        tracing::debug!(from, to, "raised the open-file limit");
+    }
     // On one CPU (a container limited to one core) the single-threaded
     // scheduler runs woken tasks in order: a connection's writer runs after
     // the calls that queued frames on it, so their frames leave in one write

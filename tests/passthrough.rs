@@ -374,3 +374,68 @@ async fn idle_http1_keep_alive_connections_are_closed() {
     assert!(text.contains("\"message\":\"hi\""), "{text}");
     assert!(after >= Duration::from_millis(250), "closed after {after:?}");
 }
+
+/// At `max_connections` a new connection is closed as soon as it is
+/// accepted; the connections already open are served as before, and once
+/// one closes a new one is served again.
+#[tokio::test]
+async fn connections_over_the_limit_are_closed_and_the_others_carry_on() {
+    let backend = Backend::start("b1").await;
+    let mut options = grpc_edge::ServeOptions::default();
+    options.limits.max_connections = 2;
+    let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
+    let mut first = client(gateway.addr).await;
+    let mut second = client(gateway.addr).await;
+    first.unary(echo("one")).await.unwrap();
+    second.unary(echo("two")).await.unwrap();
+
+    // The third is closed before it is read: no SETTINGS come back.
+    let mut tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await;
+    let mut answer = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+        .await
+        .expect("the connection over the limit was left open");
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "a third connection was served: {read:?}"
+    );
+    let metrics = gateway.gateway.render_metrics(false);
+    assert!(
+        metrics.contains("grpc_edge_connections_over_limit_total 1\n"),
+        "{metrics}"
+    );
+
+    first.unary(echo("still one")).await.unwrap();
+    second.unary(echo("still two")).await.unwrap();
+    drop(first);
+    let mut third = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if gateway
+            .gateway
+            .render_metrics(false)
+            .contains("grpc_edge_open_connections 1\n")
+        {
+            third = Some(client(gateway.addr).await);
+            break;
+        }
+    }
+    let mut third = third.expect("the first connection never closed");
+    third.unary(echo("three")).await.unwrap();
+    gateway.stop().await;
+}
+
+#[test]
+fn the_default_connection_limit_follows_the_open_file_limit() {
+    let before = grpc_edge::ServeOptions::default().limits.max_connections;
+    assert!(before >= 100, "{before}");
+    if let Some((from, to)) = grpc_edge::raise_open_file_limit() {
+        assert!(to > from);
+        let after = grpc_edge::ServeOptions::default().limits.max_connections;
+        assert!(after > before, "{before} → {after}");
+    }
+}

@@ -35,6 +35,12 @@ pub struct Limits {
     pub stream_window: u32,
     /// HTTP/2 connection flow-control window.
     pub connection_window: u32,
+    /// Client connections served at once; one more is closed as soon as it
+    /// is accepted (Envoy's `global_downstream_max_connections`). This keeps
+    /// file descriptors for upstream connections and certificate reloads
+    /// when clients flood the listener. Default: three quarters of the
+    /// process's open-file limit (see [`raise_open_file_limit`]).
+    pub max_connections: usize,
     /// Concurrent streams per HTTP/2 connection.
     pub max_concurrent_streams: u32,
     /// Largest header block accepted (HTTP/2) or header section (HTTP/1.1).
@@ -66,6 +72,7 @@ impl Default for Limits {
         Self {
             stream_window: 1 << 20,
             connection_window: 2 << 20,
+            max_connections: default_max_connections(),
             max_concurrent_streams: 1000,
             max_header_list_size: 64 << 10,
             max_send_buffer: 256 << 10,
@@ -75,6 +82,38 @@ impl Default for Limits {
             premature_reset_min_lifetime: Duration::from_secs(1),
         }
     }
+}
+
+/// Three quarters of the open-file limit: the rest is for upstream
+/// connections, certificate and descriptor files, and the admin listener.
+fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    soft.map_or(usize::MAX, |limit| usize::try_from(limit / 4 * 3).unwrap_or(usize::MAX))
+}
+
+/// Raises this process's soft open-file limit to its hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: distributions start services
+/// with a soft limit of 1,024, far below what a busy gateway needs (one
+/// descriptor per client and per upstream connection). Returns the limit
+/// before and after, or `None` if it could not be raised (or was already
+/// as high as allowed). Call it before building [`ServeOptions`], whose
+/// default connection limit follows it.
+pub fn raise_open_file_limit() -> Option<(u64, u64)> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let (Some(soft), maximum) = (limit.current, limit.maximum) else {
+        return None;
+    };
+    let target = maximum.unwrap_or(u64::MAX);
+    if soft >= target {
+        return None;
+    }
+    let raised = rustix::process::Rlimit {
+        current: maximum,
+        maximum,
+    };
+    setrlimit(Resource::Nofile, raised).ok()?;
+    Some((soft, target))
 }
 
 /// How the server behaves.
@@ -152,11 +191,25 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Futur
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
     gateway.set_ready(true);
+    let mut last_limit_warning = None;
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, remote)) => {
+                    if tracker.active.load(Ordering::Acquire) >= limits.max_connections {
+                        gateway.note_connection_over_limit();
+                        if last_limit_warning.is_none_or(|at: std::time::Instant| at.elapsed() >= Duration::from_secs(10)) {
+                            last_limit_warning = Some(std::time::Instant::now());
+                            tracing::warn!(
+                                max_connections = limits.max_connections,
+                                %remote,
+                                "at the client connection limit: closing new connections (warned every 10 s at most)"
+                            );
+                        }
+                        drop(tcp);
+                        continue;
+                    }
                     let guard = tracker.enter();
                     gateway.connection_opened();
                     let gateway = gateway.clone();

@@ -347,6 +347,12 @@ impl Collector for GatewayCollector {
         )?;
         single(
             e,
+            "grpc_edge_connections_over_limit",
+            "Client connections closed as soon as accepted, at the connection limit",
+            ConstCounter::new(inner.connections_over_limit()),
+        )?;
+        single(
+            e,
             "process_resident_memory_bytes",
             "Resident memory of the gateway process",
             ConstGauge::new(resident_memory_bytes() as i64),
