@@ -292,35 +292,9 @@ async fn idle_client_connections_are_closed_busy_ones_are_not() {
     let mut options = grpc_edge::ServeOptions::default();
     options.limits.idle_timeout = Duration::from_millis(200);
     let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
-    let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    let mut closed = tokio::spawn(connection);
+    let (mut send, mut closed) = h2_connection(gateway.addr).await;
     // Five messages 150 ms apart: the stream lasts several idle periods.
-    let request = EchoRequest {
-        repeat: 5,
-        delay_ms: 150,
-        ..echo("long")
-    };
-    let mut send = send.ready().await.unwrap();
-    let head = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{}/testing.v1.Echo/ServerStream", gateway.addr))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = send.send_request(head, false).unwrap();
-    stream.send_data(grpc_frame(&request), true).unwrap();
-    let mut body = response.await.unwrap().into_body();
-    let mut received = 0;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        received += chunk.len();
-    }
-    let trailers = body.trailers().await.unwrap().unwrap();
-    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
-    assert!(received > 0);
+    slow_server_stream(&mut send, gateway.addr).await;
     assert!(
         tokio::time::timeout(Duration::ZERO, &mut closed).await.is_err(),
         "closed while a stream was in flight"
@@ -438,4 +412,106 @@ fn the_default_connection_limit_follows_the_open_file_limit() {
         let after = grpc_edge::ServeOptions::default().limits.max_connections;
         assert!(after > before, "{before} → {after}");
     }
+}
+
+/// At `max_connection_age` an HTTP/2 connection gets a GOAWAY: the stream in
+/// flight finishes (it is not cut), no new stream is taken on it, and it
+/// closes; a client that reconnects goes on calling.
+#[tokio::test]
+async fn old_http2_connections_are_retired_without_cutting_their_streams() {
+    let backend = Backend::start("b1").await;
+    let mut options = grpc_edge::ServeOptions::default();
+    options.limits.max_connection_age = Duration::from_millis(300);
+    let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
+    let (mut send, mut closed) = h2_connection(gateway.addr).await;
+    let opened = Instant::now();
+    // Five messages 150 ms apart: the stream outlives the connection's age.
+    slow_server_stream(&mut send, gateway.addr).await;
+    assert!(opened.elapsed() >= Duration::from_millis(600));
+    // Retired: closed once its stream ended, and closed without an error.
+    tokio::time::timeout(Duration::from_secs(2), &mut closed)
+        .await
+        .expect("the retired connection was never closed")
+        .unwrap()
+        .unwrap();
+    assert!(send.ready().await.is_err(), "the retired connection took a new stream");
+
+    // A tonic client reconnects on its own: calls over several ages all succeed.
+    let mut client = client(gateway.addr).await;
+    for _ in 0..8 {
+        client.unary(echo("again")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.stop().await;
+}
+
+/// At `max_connection_age` an HTTP/1.1 connection closes after the response
+/// in progress, which it does not cut.
+#[tokio::test]
+async fn old_http1_connections_close_after_the_response_in_progress() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = Backend::start("b1").await;
+    let mut options = grpc_edge::ServeOptions::default();
+    options.limits.max_connection_age = Duration::from_millis(300);
+    let gateway = start_gateway_with(&config_yaml(&[backend.addr], "", ""), options).await;
+    let mut tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let body = r#"{"message":"long","repeat":5,"delayMs":150}"#;
+    let request = format!(
+        "POST /testing.v1.Echo/ServerStream HTTP/1.1\r\nhost: edge\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let opened = Instant::now();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut seen))
+        .await
+        .expect("the retired connection was never closed")
+        .unwrap();
+    let after = opened.elapsed();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(text.matches("{\"result\"").count(), 5, "{text}");
+    assert!(
+        after >= Duration::from_millis(600) && after < Duration::from_secs(3),
+        "closed after {after:?}"
+    );
+}
+
+/// A server stream of five messages 150 ms apart, read whole; fails unless
+/// it ends with every message and status OK.
+async fn slow_server_stream(send: &mut h2::client::SendRequest<Bytes>, addr: std::net::SocketAddr) {
+    let request = EchoRequest {
+        repeat: 5,
+        delay_ms: 150,
+        ..echo("long")
+    };
+    *send = send.clone().ready().await.unwrap();
+    let head = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/testing.v1.Echo/ServerStream"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = send.send_request(head, false).unwrap();
+    stream.send_data(grpc_frame(&request), true).unwrap();
+    let mut body = response.await.unwrap().into_body();
+    let mut received = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0", "{trailers:?}");
+    let mut messages = 0;
+    let mut rest = &received[..];
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        rest = &rest[(5 + len).min(rest.len())..];
+        messages += 1;
+    }
+    assert_eq!(messages, 5, "{} bytes", received.len());
 }

@@ -51,6 +51,8 @@ pub(crate) async fn serve<IO>(
     if draining {
         connection.as_mut().graceful_shutdown();
     }
+    let retire = tokio::time::sleep_until(super::connection_retirement(&limits));
+    tokio::pin!(retire);
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -60,6 +62,11 @@ pub(crate) async fn serve<IO>(
                 return;
             }
             _ = shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = &mut retire, if !draining => {
+                tracing::debug!(max_connection_age = ?limits.max_connection_age, "retiring an old HTTP/1.1 connection");
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }

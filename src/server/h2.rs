@@ -73,6 +73,8 @@ pub(crate) async fn serve<IO>(
         idle => idle,
     };
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let retire = tokio::time::sleep_until(super::connection_retirement(&limits));
+    tokio::pin!(retire);
     let (mut accepted, mut accepted_at_check, mut idle_at_check) = (0u64, 0u64, false);
     let mut calmed = false;
     loop {
@@ -109,6 +111,11 @@ pub(crate) async fn serve<IO>(
                     draining = true;
                     connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
                 }
+            }
+            () = &mut retire, if !draining => {
+                tracing::debug!(max_connection_age = ?limits.max_connection_age, "retiring an old HTTP/2 connection");
+                draining = true;
+                connection.graceful_shutdown();
             }
             _ = idle_check.tick(), if !draining => {
                 let idle = Arc::strong_count(&connection_state) == 1;
@@ -159,18 +166,22 @@ async fn serve_stream(
     // Read only if the client resets the stream (a shared-buffer clone).
     let declared_timeout = request.headers().get(crate::grpc_timeout::GRPC_TIMEOUT).cloned();
     let request = request.map(Body::h2);
-    let handled = gateway.handle(request, &connection.info);
-    tokio::pin!(handled);
-    let response = tokio::select! {
-        biased;
-        response = &mut handled => response,
-        // The client reset the stream before the answer: drop the call, which
-        // cancels it upstream.
-        reset = poll_fn(|cx| respond.poll_reset(cx)) => {
-            if reset.is_ok() {
-                connection.early_resets.client_reset(opened, declared_timeout.as_ref());
+    // In a block of its own, so the call's state and the writer's share
+    // the task's memory instead of adding up.
+    let response = {
+        let handled = gateway.handle(request, &connection.info);
+        tokio::pin!(handled);
+        tokio::select! {
+            biased;
+            response = &mut handled => response,
+            // The client reset the stream before the answer: drop the call, which
+            // cancels it upstream.
+            reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                if reset.is_ok() {
+                    connection.early_resets.client_reset(opened, declared_timeout.as_ref());
+                }
+                return;
             }
-            return;
         }
     };
     if write_response(response, respond).await == Written::ResetByClient {

@@ -56,6 +56,14 @@ pub struct Limits {
     /// keeps it open however long it lasts (Envoy's `idle_timeout`, whose
     /// default this is). Zero: never.
     pub idle_timeout: Duration,
+    /// A client connection older than this (±10%, so a fleet's connections
+    /// do not all end at once) is ended gracefully: HTTP/2 gets a GOAWAY
+    /// and its streams finish, HTTP/1.1 closes after the request in
+    /// progress. Clients reconnect, and so spread over replicas added
+    /// since: grpc-edge's own replicas behind an L4 balancer have the
+    /// one-connection problem too (gRPC's `MAX_CONNECTION_AGE`, Envoy's
+    /// `max_connection_duration`). Zero: never.
+    pub max_connection_age: Duration,
     /// The rapid-reset guard (CVE-2023-44487; Envoy's premature-reset
     /// limit): an HTTP/2 connection whose client has reset more than half of
     /// its streams early, counted over at least this many streams, is
@@ -78,10 +86,21 @@ impl Default for Limits {
             max_send_buffer: 256 << 10,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(3600),
+            max_connection_age: Duration::from_secs(30 * 60),
             premature_reset_streams: 500,
             premature_reset_min_lifetime: Duration::from_secs(1),
         }
     }
+}
+
+/// When a connection accepted now reaches `max_connection_age` (±10%):
+/// far in the future when there is none.
+fn connection_retirement(limits: &Limits) -> tokio::time::Instant {
+    let age = match limits.max_connection_age {
+        Duration::ZERO => Duration::from_secs(86_400 * 365),
+        age => age.mul_f64(0.9 + fastrand::f64() * 0.2),
+    };
+    tokio::time::Instant::now() + age
 }
 
 /// Three quarters of the open-file limit: the rest is for upstream

@@ -9,21 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::support::faults::FaultBackend;
-use crate::support::{echo, grpc_frame};
+use crate::support::{echo, grpc_frame, h2_connection};
 use crate::{edge, wait_for};
-
-/// A raw HTTP/2 client connection to the gateway, and the result of its
-/// connection task.
-async fn connect(
-    addr: SocketAddr,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
-    (send, tokio::spawn(connection))
-}
 
 /// Opens a unary `testing.v1.Echo/Unary` call, the request sent whole.
 async fn open_call(
@@ -71,7 +58,7 @@ async fn a_client_resetting_every_stream_at_once_loses_its_connection_and_no_one
     // upstream, and a reset for each. (A reset in the same read as its
     // HEADERS never reaches the gateway's code: the HTTP/2 layer drops
     // the stream before it is accepted.)
-    let (mut send, connection) = connect(addr).await;
+    let (mut send, connection) = h2_connection(addr).await;
     let mut opened = 0;
     'attack: while opened < 5_000 {
         let mut batch = Vec::new();
@@ -133,7 +120,7 @@ async fn resets_at_the_clients_deadline_or_after_long_streams_keep_the_connectio
         // 600 calls whose client gives up at its own declared deadline,
         // each just before the gateway would answer DEADLINE_EXCEEDED;
         async {
-            let (mut send, connection) = connect(addr).await;
+            let (mut send, connection) = h2_connection(addr).await;
             for _wave in 0..3 {
                 let mut resets = tokio::task::JoinSet::new();
                 for _ in 0..200 {
@@ -150,7 +137,7 @@ async fn resets_at_the_clients_deadline_or_after_long_streams_keep_the_connectio
         },
         // 600 calls the client ends after more than a second.
         async {
-            let (mut send, connection) = connect(addr).await;
+            let (mut send, connection) = h2_connection(addr).await;
             let mut streams = Vec::new();
             for _ in 0..600 {
                 streams.push(open_call(&mut send, addr, None).await.unwrap());

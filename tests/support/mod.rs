@@ -582,3 +582,15 @@ pub async fn call_without_reading(addr: std::net::SocketAddr, method: &str, mess
     assert_eq!(response.status(), 200);
     response.into_body()
 }
+
+/// A raw HTTP/2 connection to `addr`, and its connection task.
+pub async fn h2_connection(
+    addr: std::net::SocketAddr,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    (send, tokio::spawn(connection))
+}
