@@ -169,8 +169,9 @@ async fn serve_stream(
     // In a block of its own, so the call's state and the writer's share
     // the task's memory instead of adding up.
     let response = {
-        let handled = gateway.handle(request, &connection.info);
-        tokio::pin!(handled);
+        // Made in place (not moved into a pinned copy, which would hold a
+        // second slot of the call's state in this task).
+        let mut handled = std::pin::pin!(gateway.handle(request, &connection.info));
         tokio::select! {
             biased;
             response = &mut handled => response,
