@@ -36,7 +36,14 @@ pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn:
         strip_connection_headers(request.headers_mut());
     }
     add_forwarded(request.headers_mut(), conn.forwarded_for.as_ref(), conn.scheme);
-    let (request, record) = telemetry::begin_forward(gateway, Protocol::Grpc, request, conn, options.streaming);
+    let (request, record) = telemetry::begin_forward(
+        gateway,
+        Protocol::Grpc,
+        request,
+        conn,
+        options.streaming,
+        received.into_std(),
+    );
     let mut response = target.upstream.call(request, options).await;
     telemetry::watch_response(record, &mut response);
     response

@@ -197,7 +197,14 @@ pub(crate) async fn handle(gateway: &Gateway, request: Request<Body>, conn: &Con
     let limit = gateway.config().transcoding.max_request_body.as_usize();
     let body = Body::new(RequestBody::new(body, encoding, limit, fault.clone()));
     let request = Request::from_parts(parts, body);
-    let (request, record) = telemetry::begin_forward(gateway, Protocol::GrpcWeb, request, conn, options.streaming);
+    let (request, record) = telemetry::begin_forward(
+        gateway,
+        Protocol::GrpcWeb,
+        request,
+        conn,
+        options.streaming,
+        received.into_std(),
+    );
     let mut response = target.upstream.call(request, options).await;
     telemetry::watch_response(record, &mut response);
     into_web(response, answer, fault)

@@ -168,6 +168,7 @@ async fn serve(
         http_method: &parts.method,
         http_path: parts.uri.path(),
         streaming: options.streaming,
+        received: received.into_std(),
     };
     let mut extensions = http::Extensions::new();
     let call = telemetry::begin(gateway, info, &mut headers, &mut extensions, &mut upstream_body, conn);

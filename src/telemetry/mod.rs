@@ -104,6 +104,8 @@ pub(crate) struct CallInfo<'a> {
     pub(crate) http_method: &'a http::Method,
     pub(crate) http_path: &'a str,
     pub(crate) streaming: bool,
+    /// When the request arrived.
+    pub(crate) received: std::time::Instant,
 }
 
 /// Starts measuring a routed call: continues its trace (rewriting
@@ -143,6 +145,7 @@ pub(crate) fn begin(
             peer: peer.as_deref(),
             trace,
             streaming: info.streaming,
+            started: info.received,
         },
     );
     upstream_body.observe(Observer::new(record.clone(), true));
@@ -206,6 +209,7 @@ pub(crate) fn begin_forward(
     request: http::Request<crate::body::Body>,
     conn: &crate::gateway::ConnInfo,
     streaming: bool,
+    received: std::time::Instant,
 ) -> (http::Request<crate::body::Body>, CallRecord) {
     let (mut parts, mut body) = request.into_parts();
     let info = CallInfo {
@@ -214,6 +218,7 @@ pub(crate) fn begin_forward(
         http_method: &parts.method,
         http_path: parts.uri.path(),
         streaming,
+        received,
     };
     let record = begin(
         gateway,
@@ -290,6 +295,7 @@ pub(crate) fn refused(
             // The client's trace, so its refused call can be found by trace id.
             trace: trace::continued(headers),
             streaming: false,
+            started: std::time::Instant::now(),
         },
     );
     record.set_http_status(http_status);

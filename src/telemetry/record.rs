@@ -68,6 +68,8 @@ pub(crate) struct CallStart<'a> {
     pub(crate) peer: Option<&'a str>,
     pub(crate) trace: Option<super::trace::TraceContext>,
     pub(crate) streaming: bool,
+    /// When the request arrived (read once per call, shared with its deadline).
+    pub(crate) started: Instant,
 }
 
 impl CallRecord {
@@ -84,7 +86,7 @@ impl CallRecord {
                 telemetry: telemetry.clone(),
                 handles,
                 protocol: start.protocol,
-                started: Instant::now(),
+                started: start.started,
                 http_method: start.http_method.clone(),
                 // At most 512 bytes of a hostile path go into the log.
                 path: if logging {

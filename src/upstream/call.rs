@@ -456,9 +456,14 @@ pub(crate) struct Deadline {
     pub(crate) from_client: bool,
 }
 
+/// A time no call reaches (the sleep of a call with no timer waits for it),
+/// read once per process rather than once per call.
+static FAR_FUTURE: std::sync::LazyLock<Instant> =
+    std::sync::LazyLock::new(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
+
 impl Timers {
     pub(crate) fn new(deadline: Option<Deadline>, idle: Option<(Duration, Arc<Activity>)>) -> Self {
-        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let far = *FAR_FUTURE;
         let mut timers = Self {
             sleep: Box::pin(tokio::time::sleep_until(far)),
             deadline,

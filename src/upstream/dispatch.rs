@@ -99,7 +99,10 @@ impl Cluster {
                 break;
             };
             let end_of_stream = request_body.is_end_stream();
-            let mut head = self.request_head(&parts, &guard.endpoint().authority, options.deadline);
+            // One clock read: what is left of the deadline, and the start of
+            // the round trip the balancer learns from.
+            let started = Instant::now();
+            let mut head = self.request_head(&parts, &guard.endpoint().authority, options.deadline, started);
             let span = tracer.map(|t| t.start(head.headers_mut()));
             let end_span = |span: Option<AttemptSpan>, target: &str, status: Option<&Status>| {
                 if let Some(span) = span {
@@ -123,7 +126,6 @@ impl Cluster {
                     continue;
                 }
             };
-            let started = Instant::now();
             if end_of_stream {
                 drop(send);
             } else {
@@ -303,6 +305,7 @@ impl Cluster {
         parts: &http::request::Parts,
         endpoint: &http::uri::Authority,
         deadline: Option<super::Deadline>,
+        now: Instant,
     ) -> Request<()> {
         let mut uri = http::uri::Parts::default();
         uri.scheme = Some(self.scheme.clone());
@@ -314,7 +317,7 @@ impl Cluster {
         *head.version_mut() = Version::HTTP_2;
         *head.headers_mut() = parts.headers.clone();
         if let Some(deadline) = deadline {
-            let remaining = deadline.at.saturating_duration_since(Instant::now());
+            let remaining = deadline.at.saturating_duration_since(now);
             head.headers_mut().insert(
                 crate::grpc_timeout::GRPC_TIMEOUT,
                 crate::grpc_timeout::encode(remaining),
