@@ -488,13 +488,7 @@ async fn slow_server_stream(send: &mut h2::client::SendRequest<Bytes>, addr: std
         ..echo("long")
     };
     *send = send.clone().ready().await.unwrap();
-    let head = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/testing.v1.Echo/ServerStream"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let head = echo_call_head(addr, "ServerStream").body(()).unwrap();
     let (response, mut stream) = send.send_request(head, false).unwrap();
     stream.send_data(grpc_frame(&request), true).unwrap();
     let mut body = response.await.unwrap().into_body();

@@ -69,7 +69,7 @@ pub(crate) async fn serve<IO>(
     // Counting accepts costs the hot path nothing; the price is closing
     // after one to two idle periods.
     let period = match limits.idle_timeout {
-        Duration::ZERO => Duration::from_secs(86_400 * 365),
+        Duration::ZERO => super::NEVER,
         idle => idle,
     };
     let mut idle_check = tokio::time::interval_at(tokio::time::Instant::now() + period, period);

@@ -93,11 +93,14 @@ impl Default for Limits {
     }
 }
 
+/// What a zero ("never") connection timer waits for instead.
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
 /// When a connection accepted now reaches `max_connection_age` (±10%):
 /// far in the future when there is none.
 fn connection_retirement(limits: &Limits) -> tokio::time::Instant {
     let age = match limits.max_connection_age {
-        Duration::ZERO => Duration::from_secs(86_400 * 365),
+        Duration::ZERO => NEVER,
         age => age.mul_f64(0.9 + fastrand::f64() * 0.2),
     };
     tokio::time::Instant::now() + age

@@ -456,8 +456,8 @@ pub(crate) struct Deadline {
     pub(crate) from_client: bool,
 }
 
-/// A time no call reaches (the sleep of a call with no timer waits for it),
-/// read once per process rather than once per call.
+/// A time no call reaches (the sleep of a call with no timer left waits
+/// for it), read once per process rather than once per call.
 static FAR_FUTURE: std::sync::LazyLock<Instant> =
     std::sync::LazyLock::new(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
 
@@ -515,8 +515,7 @@ impl Timers {
                 );
                 return Poll::Ready((status, Outcome::Neutral));
             }
-            let far = now + Duration::from_secs(86_400 * 365);
-            let next = self.next_expiry(far);
+            let next = self.next_expiry(*FAR_FUTURE);
             self.sleep.as_mut().reset(next);
         }
     }

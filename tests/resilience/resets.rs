@@ -9,20 +9,17 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::support::faults::FaultBackend;
-use crate::support::{echo, grpc_frame, h2_connection};
+use crate::support::{echo, echo_call_head, grpc_frame, h2_connection};
 use crate::{edge, wait_for};
 
-/// Opens a unary `testing.v1.Echo/Unary` call, the request sent whole.
+/// Opens a unary `testing.v1.Echo/Unary` call: its message sent, the
+/// request left open.
 async fn open_call(
     send: &mut h2::client::SendRequest<Bytes>,
     addr: SocketAddr,
     timeout: Option<&str>,
 ) -> Result<(h2::client::ResponseFuture, h2::SendStream<Bytes>), h2::Error> {
-    let mut request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/testing.v1.Echo/Unary"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
+    let mut request = echo_call_head(addr, "Unary");
     if let Some(timeout) = timeout {
         request = request.header("grpc-timeout", timeout);
     }

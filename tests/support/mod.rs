@@ -569,13 +569,7 @@ pub async fn call_without_reading(addr: std::net::SocketAddr, method: &str, mess
         let _ = connection.await;
     });
     let mut send = send.ready().await.unwrap();
-    let request = http::Request::builder()
-        .method("POST")
-        .uri(format!("http://{addr}/testing.v1.Echo/{method}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
+    let request = echo_call_head(addr, method).body(()).unwrap();
     let (response, mut stream) = send.send_request(request, false).unwrap();
     stream.send_data(grpc_frame(message), true).unwrap();
     let response = response.await.unwrap();
@@ -593,4 +587,14 @@ pub async fn h2_connection(
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (send, connection) = h2::client::handshake(tcp).await.unwrap();
     (send, tokio::spawn(connection))
+}
+
+/// The head of a native gRPC call to `testing.v1.Echo/{method}` on `addr`,
+/// for raw HTTP/2 clients.
+pub fn echo_call_head(addr: std::net::SocketAddr, method: &str) -> http::request::Builder {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{addr}/testing.v1.Echo/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
 }
