@@ -24,6 +24,8 @@
 //!   REST error body made from them.
 //! - [`http2_goaway`]: the frame boundaries of what an upstream sends, as
 //!   the transport follows them to note GOAWAYs.
+//! - [`hpack`]: HTTP/2 header blocks (HPACK), several on one connection, as
+//!   the frame relay decodes a client's and re-encodes them.
 //!
 //! Targets whose input needs a chunking take it from the input itself (see
 //! `plan`), so the fuzzer explores chunk boundaries along with the bytes.
@@ -1230,6 +1232,74 @@ pub fn http2_goaway(data: &[u8]) {
     debug_assert_eq!(whole, reference::last_goaway(body), "{body:?}");
 }
 
+// ---------------------------------------------------------------------------
+// HPACK header blocks from a client
+
+/// The header list limit of the `hpack` target: small, so that the fuzzer
+/// reaches it.
+const HPACK_LIST_LIMIT: usize = 1024;
+
+/// Decodes `data` (after its chunking plan: each piece is one header block)
+/// as the header blocks of one connection, until a connection error.
+///
+/// Checked: a decoder without the list limit gets the same outcome and
+/// fields, so a list over the limit leaves the table in step (and stops
+/// the fields where it crosses the limit); each list that decodes, our
+/// encoder re-encodes (with table size changes between blocks) and a
+/// separate decoder reads back the same, block after block; every name
+/// and value survives Huffman coding.
+pub fn hpack(data: &[u8]) {
+    use crate::relay::hpack::{Decoder, Encoder, HpackError, huffman_decode, huffman_encode};
+    type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+    let collect = |decoder: &mut Decoder, block: &[u8]| {
+        let mut fields: Fields = Vec::new();
+        let result = decoder.decode(block, |n, v| fields.push((n.to_vec(), v.to_vec())));
+        (result, fields)
+    };
+    let (lengths, body) = plan(data);
+    let mut decoder = Decoder::new(4096, HPACK_LIST_LIMIT);
+    let mut unlimited = Decoder::new(4096, usize::MAX);
+    let mut encoder = Encoder::new();
+    let mut peer = Decoder::new(4096, usize::MAX);
+    for block in pieces(body, lengths) {
+        let (result, fields) = collect(&mut decoder, block);
+        if cfg!(debug_assertions) {
+            let (reference, all) = collect(&mut unlimited, block);
+            let size: usize = all.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
+            match result {
+                Err(HpackError::ListTooLarge) => {
+                    debug_assert_eq!(reference, Ok(()), "{block:?}");
+                    debug_assert!(size > HPACK_LIST_LIMIT, "{block:?}");
+                    debug_assert!(fields.len() < all.len() && all.starts_with(&fields), "{block:?}");
+                }
+                Err(error) => debug_assert_eq!(reference, Err(error), "{block:?}"),
+                Ok(()) => {
+                    debug_assert_eq!((reference, &all), (Ok(()), &fields), "{block:?}");
+                    debug_assert!(size <= HPACK_LIST_LIMIT, "{block:?}");
+                    encoder.set_max_table_size([4096, 0, 4096, 256, 4096][block.len() % 5]);
+                    let mut encoded = Vec::new();
+                    encoder.begin_block(&mut encoded);
+                    for (name, value) in &fields {
+                        encoder.encode(name, value, &mut encoded);
+                    }
+                    let (again, back) = collect(&mut peer, &encoded);
+                    debug_assert_eq!((again, &back), (Ok(()), &fields), "{block:?} re-encoded as {encoded:?}");
+                }
+            }
+            for text in all.iter().flat_map(|(n, v)| [n, v]) {
+                let mut coded = Vec::new();
+                huffman_encode(text, &mut coded);
+                let mut decoded = Vec::new();
+                debug_assert_eq!(huffman_decode(&coded, &mut decoded), Ok(()), "{text:?}");
+                debug_assert_eq!(&decoded, text, "{coded:?}");
+            }
+        }
+        if result.is_err_and(|e| e.is_connection_error()) {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1446,6 +1516,12 @@ mod tests {
             traceparent(header);
         }
         grpc_message(b"3\nbad%20name\nCAMSCGJhZCBuYW1l");
+        // RFC 7541 C.4.1 and C.4.2 (split after 17 bytes), then an integer cut short.
+        let mut blocks = vec![1, 17];
+        blocks.extend(b"\x82\x86\x84\x41\x8c\xf1\xe3\xc2\xe5\xf2\x3a\x6b\xa0\xab\x90\xf4\xff");
+        blocks.extend(b"\x82\x86\x84\xbe\x58\x86\xa8\xeb\x10\x64\x9c\xbf");
+        hpack(&blocks);
+        hpack(&[0, 0xff]);
     }
 
     const MINIMAL_CONFIG: &str = "listen: 0.0.0.0:8080\ndescriptors: []\nupstreams: {u: {endpoints: [\"127.0.0.1:1\"]}}\nroutes: [{match: \"*\", upstream: u}]\n";

@@ -76,7 +76,7 @@ pub(crate) fn call_options(
 }
 
 /// The earlier of the client's `grpc-timeout` and the route's timeout.
-fn deadline(received: Instant, client: Option<Duration>, route: Option<Duration>) -> Option<Deadline> {
+pub(crate) fn deadline(received: Instant, client: Option<Duration>, route: Option<Duration>) -> Option<Deadline> {
     match (client, route) {
         (Some(c), Some(r)) if r < c => Some(Deadline {
             at: received + r,

@@ -141,7 +141,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Closing a socket with bytes unread makes the kernel send a TCP reset,
 /// which can destroy the GOAWAY (and with it the reason, and which calls
 /// the client may safely retry) before the client reads it.
-async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+pub(crate) async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
     let drained = async {
         let _ = io.shutdown().await;
         let mut sink = [0u8; 4096];

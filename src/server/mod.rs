@@ -6,9 +6,9 @@
 //! then return.
 
 mod h1;
-mod h2;
+pub(crate) mod h2;
 mod io;
-mod resets;
+pub(crate) mod resets;
 mod stall;
 
 use std::future::Future;
@@ -98,7 +98,7 @@ const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 /// When a connection accepted now reaches `max_connection_age` (±10%):
 /// far in the future when there is none.
-fn connection_retirement(limits: &Limits) -> tokio::time::Instant {
+pub(crate) fn connection_retirement(limits: &Limits) -> tokio::time::Instant {
     let age = match limits.max_connection_age {
         Duration::ZERO => NEVER,
         age => age.mul_f64(0.9 + fastrand::f64() * 0.2),
@@ -364,7 +364,9 @@ async fn serve_sniffed<IO>(
         Ok(Ok(None)) | Ok(Err(_)) | Err(_) => return,
     };
     let io = io::Prefixed::new(Bytes::copy_from_slice(&first[..filled]), io);
-    if is_h2 {
+    if is_h2 && crate::relay::enabled() {
+        crate::relay::serve(io, gateway, info, limits, stopped).await;
+    } else if is_h2 {
         h2::serve(io, gateway, info, limits, stopped).await;
     } else {
         h1::serve(io, gateway, info, limits, stopped).await;

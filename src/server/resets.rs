@@ -58,18 +58,25 @@ impl EarlyResets {
 
 /// Whether `early` early resets among `streams` streams are too many, with
 /// at least `judged_over` streams counted (zero: never too many).
-pub(super) fn too_many(early: u32, streams: u64, judged_over: u32) -> bool {
+pub(crate) fn too_many(early: u32, streams: u64, judged_over: u32) -> bool {
     judged_over != 0 && u64::from(early) * 2 > streams.max(u64::from(judged_over))
 }
 
 fn is_early(lifetime: Duration, min_lifetime: Duration, declared_timeout: Option<&HeaderValue>) -> bool {
+    let declared = declared_timeout.and_then(|value| crate::grpc_timeout::parse(value.as_bytes()).ok());
+    is_early_reset(lifetime, min_lifetime, declared)
+}
+
+/// Whether a client's reset of a stream that lived `lifetime` counts as
+/// early, given the timeout the client declared for it.
+pub(crate) fn is_early_reset(lifetime: Duration, min_lifetime: Duration, declared: Option<Duration>) -> bool {
     if lifetime >= min_lifetime {
         return false;
     }
     // The client starts its clock before sending and sends what is left, so
     // its deadline fires about `timeout` after the stream reached us; allow
     // a tenth for its own scheduling.
-    match declared_timeout.and_then(|value| crate::grpc_timeout::parse(value.as_bytes()).ok()) {
+    match declared {
         Some(timeout) => lifetime < timeout - timeout / 10,
         None => true,
     }

@@ -458,7 +458,7 @@ pub(crate) struct Deadline {
 
 /// A time no call reaches (the sleep of a call with no timer left waits
 /// for it), read once per process rather than once per call.
-static FAR_FUTURE: std::sync::LazyLock<Instant> =
+pub(crate) static FAR_FUTURE: std::sync::LazyLock<Instant> =
     std::sync::LazyLock::new(|| Instant::now() + Duration::from_secs(86_400 * 365 * 30));
 
 impl Timers {

@@ -269,7 +269,7 @@ impl Cluster {
     }
 
     /// The endpoint for the next attempt, and whether the call is its probe.
-    fn pick(&self, tried: &[usize]) -> Option<(Arc<Endpoint>, bool)> {
+    pub(crate) fn pick(&self, tried: &[usize]) -> Option<(Arc<Endpoint>, bool)> {
         let endpoints = self.endpoints.load();
         let now = self.clock.now_nanos();
         let untried = |e: &Endpoint| !tried.contains(&(std::ptr::from_ref(e) as usize));

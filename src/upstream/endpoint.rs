@@ -40,6 +40,8 @@ pub(crate) struct Endpoint {
     /// The `:authority` sent upstream.
     pub(crate) authority: Authority,
     pub(crate) pool: Arc<Pool>,
+    /// Connections for calls the HTTP/2 frame relay carries.
+    pub(crate) relay: crate::relay::upstream::RelayPool,
     pub(crate) outlier: OutlierState,
     detector: Arc<OutlierDetector>,
     clock: Clock,
@@ -66,6 +68,7 @@ impl Endpoint {
             target,
             authority,
             pool,
+            relay: Default::default(),
             outlier: OutlierState::default(),
             detector,
             clock,
@@ -131,6 +134,7 @@ impl Endpoint {
         }
         self.detector.forget(&self.outlier);
         self.pool.close();
+        self.relay.close();
     }
 
     /// Calls in flight on this endpoint.
@@ -151,6 +155,11 @@ impl Endpoint {
         }
         self.detector
             .record(&self.outlier, outcome, probe, self.clock.now_nanos());
+    }
+
+    /// Records the round trip of a call sent at `sent`, answered now.
+    pub(crate) fn observe_rtt_since(&self, sent: tokio::time::Instant) {
+        self.observe_rtt(&self.clock, sent.elapsed());
     }
 
     /// Records the time from sending a call to its response headers.

@@ -30,17 +30,24 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use tokio::sync::Notify;
 
-pub(crate) use call::{Deadline, StallLimit, UpstreamBody};
+pub(crate) use call::{Deadline, FAR_FUTURE, Outcome, StallLimit, UpstreamBody};
+pub(crate) use endpoint::Endpoint;
+pub(crate) use pool::PoolSettings;
+
+/// Opens a connection to `target` (TLS when `tls` is set), for the relay.
+pub(crate) async fn connect(target: &str, tls: Option<&crate::tls::ClientTls>) -> Result<transport::Transport, String> {
+    transport::connect(target, tls).await.map(|(transport, _)| transport)
+}
 pub use discovery::{Resolve, SystemResolver};
 pub(crate) use limits::OVERLOADED_HEADER;
 
 use self::balancer::Balancer;
 use self::clock::Clock;
-use self::endpoint::{Endpoint, Health};
+use self::endpoint::Health;
 use self::health_check::HealthSettings;
 use self::limits::Limits;
 use self::outlier::{OutlierDetector, OutlierSettings, Standing};
-use self::pool::{Pool, PoolSettings};
+use self::pool::Pool;
 use self::retry::Retries;
 use crate::config;
 
@@ -273,6 +280,11 @@ impl Cluster {
     }
 
     /// Whether some endpoint takes traffic now (for per-service health).
+    /// The pool settings every endpoint's connections use.
+    pub(crate) fn pool_settings(&self) -> &PoolSettings {
+        &self.settings
+    }
+
     pub(crate) fn has_endpoint_in_service(&self) -> bool {
         let now = self.clock.now_nanos();
         self.endpoints.load().iter().any(|e| e.in_service(now))
@@ -282,6 +294,7 @@ impl Cluster {
     pub(crate) fn close(&self) {
         for endpoint in self.endpoints.load().iter() {
             endpoint.pool.close();
+            endpoint.relay.close();
         }
     }
 

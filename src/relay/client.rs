@@ -1,0 +1,495 @@
+//! The client connection's role in the relay: each new stream is a call,
+//! routed by its `:path`, sent to an endpoint the cluster's balancer picks,
+//! on one of that endpoint's relay connections. A call that cannot be
+//! routed is answered here, trailers-only, as the h2 path answers it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Context;
+use std::time::Duration;
+
+use h2::Reason;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::conn::{self, Handler, ReadLimits, Wakes};
+use super::frame::{self, FrameError, Settings};
+use super::side::{CallTelemetry, Expiry, Fields, Half, Role, Side, Windows};
+use crate::gateway::{ConnInfo, Gateway};
+use crate::routing::Upstream;
+use crate::server::Limits;
+use crate::server::resets::{is_early_reset, too_many};
+use crate::status::{Code, Status};
+use crate::telemetry::RequestHead;
+use crate::telemetry::{self, CallRecord, CallStart, Protocol, Served};
+use crate::upstream::{Deadline, Outcome};
+
+/// Serves one client's HTTP/2 connection through the relay. `io` starts
+/// with the client preface.
+pub(crate) async fn serve<IO>(
+    mut io: IO,
+    gateway: Gateway,
+    info: Arc<ConnInfo>,
+    limits: Arc<Limits>,
+    mut stopped: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let windows = Windows {
+        stream: limits.stream_window,
+        connection: limits.connection_window,
+    };
+    let side = Side::new(Role::Client, windows, std::sync::Weak::new());
+    {
+        let mut state = side.lock();
+        Settings {
+            max_concurrent_streams: Some(limits.max_concurrent_streams),
+            initial_window_size: Some(limits.stream_window),
+            max_header_list_size: Some(limits.max_header_list_size),
+            ..Settings::default()
+        }
+        .write(&mut state.out);
+        if let Some(more) = limits.connection_window.checked_sub(frame::DEFAULT_WINDOW)
+            && more > 0
+        {
+            frame::write_window_update(&mut state.out, 0, more);
+        }
+    }
+    let read_limits = ReadLimits {
+        max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: limits.max_header_list_size,
+        header_table_size: 4096,
+    };
+    let idle_period = match limits.idle_timeout {
+        Duration::ZERO => *crate::upstream::FAR_FUTURE - Instant::now(),
+        idle => idle,
+    };
+    let already_stopping = *stopped.borrow();
+    let stopped_for_fallback = stopped.clone();
+    let handler = ClientHandler {
+        gateway,
+        info,
+        max_streams: limits.max_concurrent_streams,
+        last_opened: 0,
+        upstream_fields: Fields::default(),
+        timer: Box::pin(tokio::time::sleep_until(*crate::upstream::FAR_FUTURE)),
+        armed: None,
+        stopping: Box::pin(async move {
+            if !already_stopping {
+                let _ = stopped.changed().await;
+            }
+        }),
+        retire: Box::pin(tokio::time::sleep_until(crate::server::connection_retirement(&limits))),
+        idle_check: tokio::time::interval_at(Instant::now() + idle_period, idle_period),
+        accepted: 0,
+        accepted_at_check: 0,
+        idle_at_check: false,
+        draining: false,
+        early_resets: 0,
+        limits,
+        fallback: None,
+        stopped: stopped_for_fallback,
+    };
+    conn::run(&mut io, side, handler, read_limits, true).await;
+    crate::server::h2::linger(&mut io).await;
+}
+
+struct ClientHandler {
+    gateway: Gateway,
+    info: Arc<ConnInfo>,
+    max_streams: u32,
+    last_opened: u32,
+    /// Scratch: the request headers as the backend gets them.
+    upstream_fields: Fields,
+    /// Fires at the soonest call deadline.
+    timer: Pin<Box<Sleep>>,
+    armed: Option<Instant>,
+    /// Ready once the server starts shutting down.
+    stopping: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Fires at the connection's `max_connection_age`.
+    retire: Pin<Box<Sleep>>,
+    /// Ticks every `idle_timeout`: a connection with no call at two ticks in
+    /// a row, and none opened between, is closed.
+    idle_check: tokio::time::Interval,
+    accepted: u64,
+    accepted_at_check: u64,
+    idle_at_check: bool,
+    /// A GOAWAY went out: no new calls.
+    draining: bool,
+    /// Streams the client reset early (the rapid-reset guard).
+    early_resets: u32,
+    limits: Arc<Limits>,
+    /// The in-process connection to the h2 path, for calls not relayed.
+    fallback: Option<Arc<Side>>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl ClientHandler {
+    /// Takes a new call: relayed to a backend when it is native gRPC to a
+    /// network upstream with a connection up; answered here when it cannot
+    /// be routed; otherwise handed to the gateway's h2 path in-process.
+    fn open(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) {
+        wakes.add(side);
+        self.accepted += 1;
+        if !self.relay(side, stream, end_stream, fields, wakes) {
+            self.hand_over(side, stream, end_stream, fields, wakes);
+        }
+    }
+
+    /// Relays the call, or answers it; `false` leaves it to the h2 path.
+    fn relay(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) -> bool {
+        let grpc = fields.get(b":method") == Some(b"POST")
+            && fields
+                .get(b"content-type")
+                .is_some_and(|t| t.starts_with(b"application/grpc") && !t.starts_with(b"application/grpc-web"));
+        if !grpc {
+            return false;
+        }
+        let path = fields
+            .get(b":path")
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or("");
+        let gateway = &self.gateway;
+        let info = &self.info;
+        let answer = |status: Status| {
+            let head = RequestHead {
+                method: &http::Method::POST,
+                path,
+                headers: &http::HeaderMap::new(),
+            };
+            telemetry::refused(gateway, Protocol::Grpc, head, info, &status, 200);
+            side.lock().respond(stream, &status, end_stream);
+            true
+        };
+        let Some(target) = self.gateway.routes().resolve(path) else {
+            return answer(crate::passthrough::unknown_method(path));
+        };
+        let Upstream::Cluster(cluster) = &target.upstream else {
+            return false;
+        };
+        let received = Instant::now();
+        let client_timeout = match fields.get(b"grpc-timeout").map(crate::grpc_timeout::parse) {
+            None => None,
+            Some(Ok(timeout)) => Some(timeout),
+            Some(Err(error)) => return answer(Status::new(Code::InvalidArgument, error.to_string())),
+        };
+        let Some((endpoint, _probe)) = cluster.pick(&[]) else {
+            return false;
+        };
+        let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
+            return false;
+        };
+        let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
+        let idle = streaming.then_some(target.stream_idle_timeout);
+        let deadline = crate::passthrough::deadline(received, client_timeout, (!streaming).then_some(target.timeout));
+        let remaining = deadline.map(|d| d.at.saturating_duration_since(received));
+        forwarded_fields(&mut self.upstream_fields, &self.info, fields, remaining);
+        // This leg first: the backend may answer as soon as the request
+        // headers leave, and its answer must find this leg open.
+        side.lock().open(stream, upstream.clone(), 0);
+        let opened = upstream
+            .lock()
+            .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received);
+        let Some(upstream_stream) = opened else {
+            side.lock().remove(stream);
+            return false;
+        };
+        let record = CallRecord::start(
+            self.gateway.telemetry(),
+            CallStart {
+                protocol: Protocol::Grpc,
+                grpc_path: path,
+                http_method: &http::Method::POST,
+                http_path: path,
+                client: self.info.remote,
+                peer: None,
+                trace: None,
+                streaming,
+                started: received.into_std(),
+            },
+        );
+        record.set_served(Some(&Served {
+            endpoint: endpoint.target.clone(),
+            retries: 0,
+        }));
+        let mut state = side.lock();
+        if deadline.is_some() || idle.is_some() {
+            let deadline = deadline.map(|Deadline { at, from_client }| (at, from_client));
+            state.set_timers(stream, deadline, idle, received);
+        }
+        if let Some(half) = state.half_mut(stream) {
+            half.peer_stream = upstream_stream;
+            half.opened = Some((received, client_timeout));
+            half.telemetry = Some(CallTelemetry::new(record));
+        }
+        if end_stream {
+            state.received_end(stream);
+        }
+        drop(state);
+        wakes.add(&upstream);
+        true
+    }
+
+    /// Passes the call, as the client sent it, to the gateway's h2 path
+    /// over this connection's in-process fallback connection.
+    fn hand_over(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) {
+        let fallback = match &self.fallback {
+            Some(fallback) if !fallback.lock().is_closed() => fallback.clone(),
+            _ => {
+                let (gateway, info, limits, stopped) = (
+                    self.gateway.clone(),
+                    self.info.clone(),
+                    self.limits.clone(),
+                    self.stopped.clone(),
+                );
+                let windows = Windows {
+                    stream: limits.stream_window,
+                    connection: limits.connection_window,
+                };
+                let fallback = super::upstream::fallback(
+                    move |io| crate::server::h2::serve(io, gateway, info, limits, stopped),
+                    windows,
+                );
+                self.fallback = Some(fallback.clone());
+                fallback
+            }
+        };
+        side.lock().open(stream, fallback.clone(), 0);
+        let opened = fallback
+            .lock()
+            .open_next(side.clone(), stream, fields, end_stream, Instant::now());
+        let mut state = side.lock();
+        match opened {
+            Some(fallback_stream) => {
+                if let Some(half) = state.half_mut(stream) {
+                    half.peer_stream = fallback_stream;
+                }
+                if end_stream {
+                    state.received_end(stream);
+                }
+                wakes.add(&fallback);
+            }
+            None => {
+                state.remove(stream);
+                state.respond(
+                    stream,
+                    &Status::new(Code::Unavailable, "the gateway is shutting down"),
+                    end_stream,
+                );
+            }
+        }
+    }
+
+    /// Ends the connection gracefully: a GOAWAY naming the last call taken;
+    /// calls in flight finish, then the connection closes.
+    fn go_away(&mut self, side: &Arc<Side>, why: &'static str) {
+        tracing::debug!(why, "ending an HTTP/2 connection (relay)");
+        self.draining = true;
+        let mut state = side.lock();
+        frame::write_goaway(&mut state.out, self.last_opened, Reason::NO_ERROR, b"");
+        state.draining = true;
+    }
+}
+
+impl Handler for ClientHandler {
+    fn headers(
+        &mut self,
+        side: &Arc<Side>,
+        stream: u32,
+        end_stream: bool,
+        fields: &Fields,
+        wakes: &mut Wakes,
+    ) -> Result<(), FrameError> {
+        let link = side
+            .lock()
+            .half(stream)
+            .map(|half| (half.peer.clone(), half.peer_stream));
+        if let Some((peer, peer_stream)) = link {
+            // Trailers on a request: they end it.
+            if !end_stream {
+                return Err(FrameError {
+                    reason: Reason::PROTOCOL_ERROR,
+                    stream: Some(stream),
+                    what: "a second header block that does not end the stream",
+                });
+            }
+            side.lock().received_end(stream);
+            peer.lock().send_headers(peer_stream, fields, true);
+            wakes.add(&peer);
+            return Ok(());
+        }
+        if stream.is_multiple_of(2) || stream <= self.last_opened {
+            return Err(FrameError {
+                reason: Reason::PROTOCOL_ERROR,
+                stream: None,
+                what: "HEADERS on a stream id the client may not open",
+            });
+        }
+        self.last_opened = stream;
+        if self.draining || side.lock().stream_count() >= self.max_streams as usize {
+            frame::write_rst_stream(&mut side.lock().out, stream, Reason::REFUSED_STREAM);
+            wakes.add(side);
+            return Ok(());
+        }
+        self.open(side, stream, end_stream, fields, wakes);
+        Ok(())
+    }
+
+    fn oversized_headers(&mut self, side: &Arc<Side>, stream: u32, wakes: &mut Wakes) {
+        let status = Status::new(Code::ResourceExhausted, "request headers over the header-list limit");
+        if let Some(half) = side.lock().fail(stream, &status) {
+            half.peer.lock().reset(half.peer_stream, Reason::CANCEL);
+            wakes.add(&half.peer);
+        } else {
+            self.last_opened = self.last_opened.max(stream);
+            side.lock().respond(stream, &status, false);
+        }
+        wakes.add(side);
+    }
+
+    fn goaway(&mut self, side: &Arc<Side>, _last_stream: u32, _reason: Reason, _wakes: &mut Wakes) {
+        // The client opens no more streams; the ones open finish.
+        side.lock().draining = true;
+    }
+
+    fn lost(&self) -> Status {
+        Status::new(Code::Cancelled, "the client's connection closed")
+    }
+
+    /// Ends calls whose deadline passed: the client hears
+    /// DEADLINE_EXCEEDED, the backend's stream is cancelled.
+    fn reset_by_peer(&mut self, side: &Arc<Side>, half: &Half) {
+        let Some((opened, declared)) = half.opened else {
+            return;
+        };
+        if half.end_sent || !is_early_reset(opened.elapsed(), self.limits.premature_reset_min_lifetime, declared) {
+            return;
+        }
+        self.early_resets += 1;
+        if !self.draining && too_many(self.early_resets, self.accepted, self.limits.premature_reset_streams) {
+            tracing::warn!(
+                client = ?self.info.remote,
+                early_resets = self.early_resets,
+                streams = self.accepted,
+                "closing a client connection that reset most of its streams early (rapid reset)"
+            );
+            self.gateway.note_premature_reset_close();
+            self.draining = true;
+            let mut state = side.lock();
+            frame::write_goaway(
+                &mut state.out,
+                self.last_opened,
+                Reason::ENHANCE_YOUR_CALM,
+                b"too many resets",
+            );
+            let halves = state.close();
+            drop(state);
+            let status = Status::new(Code::Cancelled, "the client's connection was closed (rapid reset)");
+            for (_, half) in halves {
+                half.peer.lock().fail(half.peer_stream, &status);
+                half.peer.wake();
+            }
+        }
+    }
+
+    fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, wakes: &mut Wakes) -> bool {
+        if !self.draining {
+            if self.stopping.as_mut().poll(cx).is_ready() {
+                self.go_away(side, "shutting down");
+                wakes.add(side);
+                return true;
+            }
+            if self.retire.as_mut().poll(cx).is_ready() {
+                self.go_away(side, "max_connection_age reached");
+                wakes.add(side);
+                return true;
+            }
+            while self.idle_check.poll_tick(cx).is_ready() {
+                let idle = side.lock().stream_count() == 0;
+                if idle && self.idle_at_check && self.accepted == self.accepted_at_check {
+                    self.go_away(side, "idle_timeout reached");
+                    wakes.add(side);
+                    return true;
+                }
+                self.accepted_at_check = self.accepted;
+                self.idle_at_check = idle;
+            }
+        }
+        let Some(next) = side.lock().next_deadline() else {
+            self.armed = None;
+            return false;
+        };
+        if self.armed != Some(next) {
+            self.timer.as_mut().reset(next);
+            self.armed = Some(next);
+        }
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        self.armed = None;
+        let expired = side.lock().expired(Instant::now());
+        for (stream, expiry) in expired {
+            let (status, outcome) = match expiry {
+                Expiry::Deadline { from_client: true } => (
+                    Status::new(Code::DeadlineExceeded, "deadline exceeded (the client's grpc-timeout)"),
+                    Outcome::Neutral,
+                ),
+                Expiry::Deadline { from_client: false } => (
+                    Status::new(Code::DeadlineExceeded, "deadline exceeded (the route's timeout)"),
+                    Outcome::Failure,
+                ),
+                Expiry::Idle(limit) => (
+                    Status::new(
+                        Code::DeadlineExceeded,
+                        format!("stream idle for {limit:?} (the route's stream_idle_timeout)"),
+                    ),
+                    Outcome::Neutral,
+                ),
+            };
+            let half = side.lock().fail(stream, &status);
+            if let Some(half) = half {
+                let mut upstream = half.peer.lock();
+                if let Some(leg) = upstream.half_mut(half.peer_stream) {
+                    leg.outcome = outcome;
+                }
+                upstream.reset(half.peer_stream, Reason::CANCEL);
+                drop(upstream);
+                wakes.add(&half.peer);
+            }
+        }
+        wakes.add(side);
+        true
+    }
+}
+
+/// The client's headers as the backend gets them: without fields that
+/// belong to one hop, with `x-forwarded-for` and `x-forwarded-proto`.
+fn forwarded_fields(out: &mut Fields, info: &ConnInfo, fields: &Fields, remaining: Option<Duration>) {
+    out.clear();
+    let client = info.forwarded_for.as_ref().map(|v| v.as_bytes());
+    let mut had_forwarded_for = false;
+    for (name, value) in fields.iter() {
+        match name {
+            b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
+            | b"x-forwarded-proto" | b"grpc-timeout" => {}
+            b"te" if value != b"trailers" => {}
+            b"x-forwarded-for" => {
+                had_forwarded_for = true;
+                match client {
+                    Some(client) => out.push(name, &[value, b", ", client].concat()),
+                    None => out.push(name, value),
+                }
+            }
+            _ => out.push(name, value),
+        }
+    }
+    if let (false, Some(client)) = (had_forwarded_for, client) {
+        out.push(b"x-forwarded-for", client);
+    }
+    out.push(b"x-forwarded-proto", info.scheme.as_bytes());
+    if let Some(remaining) = remaining {
+        out.push(b"grpc-timeout", crate::grpc_timeout::encode(remaining).as_bytes());
+    }
+}

@@ -1,0 +1,285 @@
+//! Relay connections to one backend endpoint: which connection a new call
+//! opens its stream on, opening connections (lazily, in the background, so
+//! a call never waits for a connect while holding up other calls), and the
+//! role of an upstream connection — a backend's answers go to the client
+//! leg of their call, and a backend's GOAWAY fails the calls it never took.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use h2::Reason;
+
+use super::conn::{self, Handler, ReadLimits, Wakes};
+use super::frame::{self, FrameError, Settings};
+use super::side::{Fields, Role, Side, Windows};
+use crate::status::{Code, Status};
+use crate::upstream::{Endpoint, Outcome, PoolSettings};
+
+/// Header-list limit for what backends send: generous, as backends are trusted
+/// more than clients, but bounded.
+const UPSTREAM_MAX_HEADER_LIST: u32 = 1 << 20;
+
+/// An endpoint's relay connections.
+#[derive(Default)]
+pub(crate) struct RelayPool {
+    connections: Mutex<Vec<Arc<Connection>>>,
+}
+
+struct Connection {
+    side: Arc<Side>,
+    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS, capped by the pool's
+    /// `max_streams_per_connection`.
+    max_streams: AtomicU32,
+    /// The backend's first SETTINGS arrived: the connection is up.
+    ready: AtomicBool,
+}
+
+impl RelayPool {
+    /// The connection a new call opens its stream on: the first one up with
+    /// a free stream, else the least busy one once the pool is at its size.
+    /// `None` while no connection is up with room: the pool then starts one
+    /// in the background, and the call takes the h2 path, which waits for
+    /// connections and tries other endpoints when connecting fails.
+    pub(crate) fn side_for_call(&self, endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Option<Arc<Side>> {
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections that closed or are draining take no new calls.
+        connections.retain(|c| {
+            let state = c.side.lock();
+            !state.is_closed() && !state.draining
+        });
+        let mut least: Option<(usize, &Arc<Connection>)> = None;
+        let mut starting = false;
+        for connection in connections.iter() {
+            if !connection.ready.load(Ordering::Acquire) {
+                starting = true;
+                continue;
+            }
+            let open = connection.side.lock().stream_count();
+            if open < connection.max_streams.load(Ordering::Relaxed) as usize {
+                return Some(connection.side.clone());
+            }
+            if least.is_none_or(|(fewest, _)| open < fewest) {
+                least = Some((open, connection));
+            }
+        }
+        if connections.len() >= settings.max_connections.max(1) as usize {
+            return least.map(|(_, connection)| connection.side.clone());
+        }
+        if !starting {
+            connections.push(open(endpoint, settings));
+        }
+        None
+    }
+
+    /// Closes every connection (the endpoint is gone).
+    pub(crate) fn close(&self) {
+        let connections = std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
+        for connection in connections {
+            let mut state = connection.side.lock();
+            frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
+            state.draining = true;
+            drop(state);
+            connection.side.wake();
+        }
+    }
+}
+
+/// Starts a connection: its side takes calls at once (their frames wait in
+/// its output), while a task connects and then drives it.
+fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
+    let windows = Windows {
+        stream: settings.stream_window,
+        connection: settings.connection_window,
+    };
+    let side = Side::new(Role::Upstream, windows, Arc::downgrade(endpoint));
+    {
+        let mut state = side.lock();
+        state.out.extend_from_slice(frame::PREFACE);
+        Settings {
+            enable_push: Some(false),
+            initial_window_size: Some(settings.stream_window),
+            max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
+            ..Settings::default()
+        }
+        .write(&mut state.out);
+        if let Some(more) = settings.connection_window.checked_sub(frame::DEFAULT_WINDOW)
+            && more > 0
+        {
+            frame::write_window_update(&mut state.out, 0, more);
+        }
+    }
+    let connection = Arc::new(Connection {
+        side: side.clone(),
+        max_streams: AtomicU32::new(settings.max_streams.max(1)),
+        ready: AtomicBool::new(false),
+    });
+    let target = endpoint.target.clone();
+    let tls = settings.tls.clone();
+    let connect_timeout = settings.connect_timeout;
+    let handler = UpstreamHandler {
+        connection: Some(connection.clone()),
+        target: target.clone(),
+        pool_max_streams: settings.max_streams.max(1),
+    };
+    tokio::spawn(async move {
+        let connected = tokio::time::timeout(connect_timeout, crate::upstream::connect(&target, tls.as_ref())).await;
+        let transport = match connected {
+            Ok(Ok(transport)) => transport,
+            Ok(Err(error)) => return fail_all(&side, &format!("connecting to upstream {target} failed: {error}")),
+            Err(_) => return fail_all(&side, &format!("connecting to upstream {target} timed out")),
+        };
+        let limits = ReadLimits {
+            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+            max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
+            header_table_size: 4096,
+        };
+        conn::run(transport, side, handler, limits, false).await;
+    });
+    connection
+}
+
+/// Fails every call waiting on a connection that never came up.
+fn fail_all(side: &Arc<Side>, message: &str) {
+    tracing::debug!(%message, "relay upstream connection failed");
+    let halves = side.lock().close();
+    let status = Status::new(Code::Unavailable, message.to_string());
+    for (_, half) in halves {
+        half.peer.lock().fail(half.peer_stream, &status);
+        half.peer.wake();
+    }
+}
+
+struct UpstreamHandler {
+    /// The pool's entry (none for the in-process fallback connection).
+    connection: Option<Arc<Connection>>,
+    target: Arc<str>,
+    pool_max_streams: u32,
+}
+
+impl Handler for UpstreamHandler {
+    fn headers(
+        &mut self,
+        side: &Arc<Side>,
+        stream: u32,
+        end_stream: bool,
+        fields: &Fields,
+        wakes: &mut Wakes,
+    ) -> Result<(), FrameError> {
+        let link = {
+            let mut state = side.lock();
+            let Some(half) = state.half_mut(stream) else {
+                // A call that ended on the client's side meanwhile.
+                return Ok(());
+            };
+            if end_stream {
+                let code = fields.get(b"grpc-status").map_or(Code::Unknown, code_of);
+                half.outcome = Outcome::of_code(code, false);
+            }
+            let link = (half.peer.clone(), half.peer_stream);
+            state.answered(stream);
+            if end_stream {
+                state.received_end(stream);
+            }
+            link
+        };
+        let (peer, peer_stream) = link;
+        peer.lock().send_headers(peer_stream, fields, end_stream);
+        wakes.add(&peer);
+        Ok(())
+    }
+
+    fn oversized_headers(&mut self, side: &Arc<Side>, stream: u32, wakes: &mut Wakes) {
+        let half = side.lock().reset(stream, Reason::CANCEL);
+        if let Some(half) = half {
+            let status = Status::new(
+                Code::Internal,
+                format!("upstream {} sent headers over the header-list limit", self.target),
+            );
+            half.peer.lock().fail(half.peer_stream, &status);
+            wakes.add(&half.peer);
+        }
+        wakes.add(side);
+    }
+
+    fn settings(&mut self, settings: &Settings) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        if let Some(max) = settings.max_concurrent_streams {
+            connection
+                .max_streams
+                .store(max.clamp(1, self.pool_max_streams), Ordering::Relaxed);
+        }
+        connection.ready.store(true, Ordering::Release);
+    }
+
+    fn goaway(&mut self, side: &Arc<Side>, last_stream: u32, reason: Reason, wakes: &mut Wakes) {
+        // Streams above the last one were never processed: safe to try
+        // again, so the client hears UNAVAILABLE.
+        let refused = {
+            let mut state = side.lock();
+            state.draining = true;
+            state.streams_above(last_stream)
+        };
+        let status = Status::new(
+            Code::Unavailable,
+            format!("upstream {} is closing the connection ({reason})", self.target),
+        );
+        for half in refused {
+            half.peer.lock().fail(half.peer_stream, &status);
+            wakes.add(&half.peer);
+        }
+    }
+
+    fn lost(&self) -> Status {
+        Status::new(Code::Unavailable, format!("upstream {} connection lost", self.target))
+    }
+}
+
+/// Starts the in-process connection a client connection's relay hands the
+/// calls it does not carry itself to: the gateway's h2 path serves it,
+/// with everything that path does (REST, gRPC-Web, in-process services,
+/// waiting for and retrying connections).
+pub(crate) fn fallback<F>(serve: impl FnOnce(tokio::io::DuplexStream) -> F, windows: Windows) -> Arc<Side>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (near, far) = tokio::io::duplex(256 << 10);
+    tokio::spawn(serve(far));
+    let side = Side::new(Role::Upstream, windows, std::sync::Weak::new());
+    {
+        let mut state = side.lock();
+        state.out.extend_from_slice(frame::PREFACE);
+        Settings {
+            enable_push: Some(false),
+            initial_window_size: Some(windows.stream),
+            max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
+            ..Settings::default()
+        }
+        .write(&mut state.out);
+        if let Some(more) = windows.connection.checked_sub(frame::DEFAULT_WINDOW)
+            && more > 0
+        {
+            frame::write_window_update(&mut state.out, 0, more);
+        }
+    }
+    let handler = UpstreamHandler {
+        connection: None,
+        target: Arc::from("the gateway"),
+        pool_max_streams: u32::MAX,
+    };
+    let limits = ReadLimits {
+        max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
+        header_table_size: 4096,
+    };
+    tokio::spawn(conn::run(near, side.clone(), handler, limits, false));
+    side
+}
+
+fn code_of(value: &[u8]) -> Code {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|digits| digits.parse::<i32>().ok())
+        .map_or(Code::Unknown, Code::from_i32)
+}
