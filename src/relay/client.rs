@@ -22,8 +22,7 @@ use crate::routing::Upstream;
 use crate::server::Limits;
 use crate::server::resets::{is_early_reset, too_many};
 use crate::status::{Code, Status};
-use crate::telemetry::RequestHead;
-use crate::telemetry::{self, CallRecord, CallStart, Protocol, Served};
+use crate::telemetry::{CallRecord, CallStart, Protocol, Served};
 use crate::upstream::{Deadline, Outcome};
 
 /// Serves one client's HTTP/2 connection through the relay. `io` starts
@@ -128,8 +127,9 @@ struct ClientHandler {
 
 impl ClientHandler {
     /// Takes a new call: relayed to a backend when it is native gRPC to a
-    /// network upstream with a connection up; answered here when it cannot
-    /// be routed; otherwise handed to the gateway's h2 path in-process.
+    /// network upstream with a connection up, under the cluster's limits,
+    /// and not to be retried on its answer's code; otherwise handed to the
+    /// gateway's h2 path in-process, which does everything else.
     fn open(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) {
         wakes.add(side);
         self.accepted += 1;
@@ -138,7 +138,7 @@ impl ClientHandler {
         }
     }
 
-    /// Relays the call, or answers it; `false` leaves it to the h2 path.
+    /// Relays the call; `false` leaves it to the h2 path.
     fn relay(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) -> bool {
         let grpc = fields.get(b":method") == Some(b"POST")
             && fields
@@ -151,29 +151,22 @@ impl ClientHandler {
             .get(b":path")
             .and_then(|p| std::str::from_utf8(p).ok())
             .unwrap_or("");
-        let gateway = &self.gateway;
-        let info = &self.info;
-        let answer = |status: Status| {
-            let head = RequestHead {
-                method: &http::Method::POST,
-                path,
-                headers: &http::HeaderMap::new(),
-            };
-            telemetry::refused(gateway, Protocol::Grpc, head, info, &status, 200);
-            side.lock().respond(stream, &status, end_stream);
-            true
-        };
+        // A call the gateway refuses (no route, a malformed timeout) is
+        // rare: the h2 path answers it, with its metrics and access line.
         let Some(target) = self.gateway.routes().resolve(path) else {
-            return answer(crate::passthrough::unknown_method(path));
+            return false;
         };
         let Upstream::Cluster(cluster) = &target.upstream else {
             return false;
         };
+        if cluster.retries_answers() {
+            return false;
+        }
         let received = Instant::now();
         let client_timeout = match fields.get(b"grpc-timeout").map(crate::grpc_timeout::parse) {
             None => None,
             Some(Ok(timeout)) => Some(timeout),
-            Some(Err(error)) => return answer(Status::new(Code::InvalidArgument, error.to_string())),
+            Some(Err(_)) => return false,
         };
         let Some((endpoint, _probe)) = cluster.pick(&[]) else {
             return false;
@@ -182,6 +175,10 @@ impl ClientHandler {
             return false;
         };
         let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
+        // Over a limit, the h2 path answers, and counts the overflow.
+        let Some(admitted) = cluster.admit(streaming) else {
+            return false;
+        };
         let idle = streaming.then_some(target.stream_idle_timeout);
         let deadline = crate::passthrough::deadline(received, client_timeout, (!streaming).then_some(target.timeout));
         let remaining = deadline.map(|d| d.at.saturating_duration_since(received));
@@ -189,9 +186,14 @@ impl ClientHandler {
         // This leg first: the backend may answer as soon as the request
         // headers leave, and its answer must find this leg open.
         side.lock().open(stream, upstream.clone(), 0);
-        let opened = upstream
-            .lock()
-            .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received);
+        let opened = upstream.lock().open_next(
+            side.clone(),
+            stream,
+            &self.upstream_fields,
+            end_stream,
+            received,
+            Some(admitted),
+        );
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
             return false;
@@ -259,7 +261,7 @@ impl ClientHandler {
         side.lock().open(stream, fallback.clone(), 0);
         let opened = fallback
             .lock()
-            .open_next(side.clone(), stream, fields, end_stream, Instant::now());
+            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), None);
         let mut state = side.lock();
         match opened {
             Some(fallback_stream) => {
@@ -453,6 +455,7 @@ impl Handler for ClientHandler {
                 let mut upstream = half.peer.lock();
                 if let Some(leg) = upstream.half_mut(half.peer_stream) {
                     leg.outcome = outcome;
+                    leg.code = Some(Code::DeadlineExceeded);
                 }
                 upstream.reset(half.peer_stream, Reason::CANCEL);
                 drop(upstream);

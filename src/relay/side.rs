@@ -32,7 +32,7 @@ use super::frame::{self, DEFAULT_MAX_FRAME_SIZE, DEFAULT_WINDOW, MAX_WINDOW, Set
 use super::hpack;
 use crate::status::{Code, Status};
 use crate::telemetry::{CallRecord, Observer};
-use crate::upstream::{Endpoint, Outcome};
+use crate::upstream::{Admitted, Endpoint, Outcome};
 
 /// Which end of the relay a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,8 +174,10 @@ pub(crate) struct Half {
     owed: u32,
     /// What the peer may still send on this stream before we credit it.
     recv_window: i64,
-    /// For an upstream leg: what the call's end says about the endpoint.
+    /// For an upstream leg: what the call's end says about the endpoint,
+    /// and the gRPC code it ended with (none: the client cancelled it).
     pub(crate) outcome: Outcome,
+    pub(crate) code: Option<Code>,
     /// For a client leg: when the call must end, and whether the client
     /// asked for it (else the route's timeout did).
     deadline: Option<(Instant, bool)>,
@@ -193,6 +195,8 @@ pub(crate) struct Half {
     /// For an upstream leg: when its request went out, until the answer's
     /// headers come back (the balancer learns the round trip).
     sent_at: Option<Instant>,
+    /// For an upstream leg: the call's place under the cluster's limits.
+    pub(crate) admitted: Option<Admitted>,
 }
 
 /// A relayed call's measurement: bytes (and, for streams, messages) each
@@ -312,6 +316,8 @@ impl SideState {
         let halves: Vec<(u32, Half)> = self.streams.drain().collect();
         if let Some(endpoint) = self.endpoint.upgrade() {
             for (_, half) in &halves {
+                // Calls cut by the connection's end were lost, not cancelled.
+                endpoint.count_code(half.code.unwrap_or(Code::Unavailable));
                 endpoint.end_call(half.outcome, false);
             }
         }
@@ -339,6 +345,7 @@ impl SideState {
                 // Until the backend's trailers say otherwise, a call that
                 // ends counts against it.
                 outcome: Outcome::Failure,
+                code: None,
                 deadline: None,
                 idle: None,
                 last_activity: None,
@@ -346,6 +353,7 @@ impl SideState {
                 opened: None,
                 telemetry: None,
                 sent_at: None,
+                admitted: None,
             },
         );
     }
@@ -360,6 +368,7 @@ impl SideState {
         fields: &Fields,
         end: bool,
         now: Instant,
+        admitted: Option<Admitted>,
     ) -> Option<u32> {
         if self.closed || self.draining || self.next_stream > MAX_WINDOW {
             return None;
@@ -372,6 +381,7 @@ impl SideState {
         self.open(stream, peer, peer_stream);
         if let Some(half) = self.streams.get_mut(&stream) {
             half.sent_at = Some(now);
+            half.admitted = admitted;
         }
         self.send_headers(stream, fields, end);
         Some(stream)
@@ -475,6 +485,7 @@ impl SideState {
             self.deadlines.remove(&(at, stream));
         }
         if let Some(endpoint) = self.endpoint.upgrade() {
+            endpoint.count_code(half.code.unwrap_or(Code::Cancelled));
             endpoint.end_call(half.outcome, false);
         }
         Some(half)
@@ -582,6 +593,11 @@ impl SideState {
     /// peer never processed them) and returns them.
     pub(crate) fn streams_above(&mut self, last: u32) -> Vec<Half> {
         let above: Vec<u32> = self.streams.keys().copied().filter(|s| *s > last).collect();
+        for stream in &above {
+            if let Some(half) = self.streams.get_mut(stream) {
+                half.code = Some(Code::Unavailable);
+            }
+        }
         above.into_iter().filter_map(|s| self.remove(s)).collect()
     }
 

@@ -174,6 +174,7 @@ impl Handler for UpstreamHandler {
             if end_stream {
                 let code = fields.get(b"grpc-status").map_or(Code::Unknown, code_of);
                 half.outcome = Outcome::of_code(code, false);
+                half.code = Some(code);
             }
             let link = (half.peer.clone(), half.peer_stream);
             state.answered(stream);

@@ -57,6 +57,16 @@ impl Limits {
 
     /// Admits a call, or names the limit it hits.
     pub(crate) fn admit(self: &Arc<Self>, streaming: bool) -> Result<Admitted, Overflow> {
+        self.admit_or(streaming, true)
+    }
+
+    /// Admits the call if it is under its limit, without counting an
+    /// overflow (the caller leaves such a call to a path that will).
+    pub(crate) fn try_admit(self: &Arc<Self>, streaming: bool) -> Option<Admitted> {
+        self.admit_or(streaming, false).ok()
+    }
+
+    fn admit_or(self: &Arc<Self>, streaming: bool, count_overflow: bool) -> Result<Admitted, Overflow> {
         let (counter, max, overflow) = if streaming {
             (&self.streams, self.max_streams, Overflow::Streams)
         } else {
@@ -66,7 +76,9 @@ impl Limits {
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
             .is_err()
         {
-            self.count(overflow);
+            if count_overflow {
+                self.count(overflow);
+            }
             return Err(overflow);
         }
         Ok(Admitted {

@@ -32,6 +32,7 @@ use tokio::sync::Notify;
 
 pub(crate) use call::{Deadline, FAR_FUTURE, Outcome, StallLimit, UpstreamBody};
 pub(crate) use endpoint::Endpoint;
+pub(crate) use limits::Admitted;
 pub(crate) use pool::PoolSettings;
 
 /// Opens a connection to `target` (TLS when `tls` is set), for the relay.
@@ -280,6 +281,18 @@ impl Cluster {
     }
 
     /// Whether some endpoint takes traffic now (for per-service health).
+    /// Counts a call under the cluster's limits (`None`: over a limit,
+    /// which is not counted as an overflow here).
+    pub(crate) fn admit(&self, streaming: bool) -> Option<Admitted> {
+        self.limits.try_admit(streaming)
+    }
+
+    /// Whether answers with some codes are retried (the relay leaves such
+    /// calls to the h2 path, which keeps requests to resend them).
+    pub(crate) fn retries_answers(&self) -> bool {
+        self.retries.retries_any_code()
+    }
+
     /// The pool settings every endpoint's connections use.
     pub(crate) fn pool_settings(&self) -> &PoolSettings {
         &self.settings

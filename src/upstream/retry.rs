@@ -59,6 +59,12 @@ impl Retries {
         })
     }
 
+    /// Whether any answer's code is retried (else only calls that never
+    /// reached a backend are).
+    pub(crate) fn retries_any_code(&self) -> bool {
+        !self.codes.is_empty()
+    }
+
     /// Whether a failure with this code may be retried at all.
     pub(crate) fn retries_code(&self, code: Code) -> bool {
         self.codes.contains(&code)
