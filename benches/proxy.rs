@@ -1,5 +1,5 @@
 //! Side-by-side proxy benchmark: `direct`, `grpc-edge` (native gRPC, gRPC-Web,
-//! REST), `grpc-edge-quiet`, `haproxy`, `nginx`.
+//! REST), `grpc-edge-quiet`, `relay-floor`, `haproxy`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]
@@ -29,6 +29,12 @@
 //!   UpdateOrder, setting the values the order already has, so every run
 //!   sees the same data; an Order like GetOrder's comes back), so each front
 //!   end's cost shows as a ratio to native gRPC;
+//! - `relay-floor`: the CPU floor of the frame-relay architecture, a
+//!   single-threaded HTTP/2 frame relay with nothing but the relay in it
+//!   (`benches/relay_floor/mod.rs` says what it leaves out). It is this bench
+//!   binary itself, started again as a child process with the hidden first
+//!   argument `--relay-floor-child --listen ADDR --upstreams A,B,C`, and
+//!   measured like any other proxy;
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
 //!   when they are installed; skipped otherwise.
 //!
@@ -43,8 +49,9 @@
 //!
 //! This process (load generator and backends, on ONE tokio worker thread) is
 //! pinned to CPU 0; every proxy runs under `taskset -c 1` with one thread of
-//! work (`nbthread 1`, `worker_processes 1`, and grpc-edge's tokio runtime
-//! sizes itself from the affinity mask, so it gets one worker).
+//! work (`nbthread 1`, `worker_processes 1`, grpc-edge's tokio runtime
+//! sizes itself from the affinity mask, so it gets one worker, and the floor
+//! relay has one thread by construction).
 //!
 //! # How to read it
 //!
@@ -88,6 +95,9 @@ use tokio::time::MissedTickBehavior;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+#[path = "relay_floor/mod.rs"]
+mod relay_floor;
+
 /// Longest a single call may take before it counts as an error.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a proxy may take to accept connections after it is started.
@@ -101,16 +111,21 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
+    // The `relay-floor` target's child process runs the relay instead (and
+    // must not pin itself to CPU 0: it was started on CPU 1).
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(relay_floor::CHILD_FLAG) {
+        return relay_floor::main(&raw[1..]);
+    }
     // Before anything else: count the cores (pinning shrinks what the
     // process can see), then pin this process while it has one thread, so
     // every thread created later (the tokio worker) inherits CPU 0.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = pin_self_to_cpu0();
 
-    let raw: Vec<String> = std::env::args().skip(1).collect();
     let args = match parse_args(&raw) {
         Ok(Some(args)) => args,
         Ok(None) => {
@@ -299,6 +314,8 @@ enum Target {
     /// `PATCH /v1/orders/2` `{"item":"grinder","quantity":1}` (UpdateOrder,
     /// answered with an Order like GetOrder's).
     GrpcEdgeRestBody,
+    /// The floor relay (`relay_floor`), this binary run as a child process.
+    RelayFloor,
     Haproxy,
     Nginx,
 }
@@ -313,13 +330,14 @@ enum Protocol {
 }
 
 impl Target {
-    const ALL: [Target; 8] = [
+    const ALL: [Target; 9] = [
         Target::Direct,
         Target::GrpcEdge,
         Target::GrpcEdgeQuiet,
         Target::GrpcEdgeWeb,
         Target::GrpcEdgeRest,
         Target::GrpcEdgeRestBody,
+        Target::RelayFloor,
         Target::Haproxy,
         Target::Nginx,
     ];
@@ -332,6 +350,7 @@ impl Target {
             Target::GrpcEdgeWeb => "grpc-edge-web",
             Target::GrpcEdgeRest => "grpc-edge-rest",
             Target::GrpcEdgeRestBody => "grpc-edge-rest-body",
+            Target::RelayFloor => "relay-floor",
             Target::Haproxy => "haproxy",
             Target::Nginx => "nginx",
         }
@@ -609,6 +628,18 @@ fn proxy_command(
             let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, telemetry))?;
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
+        }
+        Target::RelayFloor => {
+            let program = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
+            let upstreams: Vec<String> = setup.backends.iter().map(SocketAddr::to_string).collect();
+            let args = [
+                relay_floor::CHILD_FLAG,
+                "--listen",
+                &addr.to_string(),
+                "--upstreams",
+                &upstreams.join(","),
+            ];
+            Ok((program, args.map(String::from).to_vec()))
         }
         Target::Haproxy => {
             let config = write("haproxy.cfg", haproxy_config(addr, &setup.backends))?;
@@ -1472,6 +1503,7 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         _ => "-".into(),
     };
     let edge_cpu = get(Target::GrpcEdge, |s| s.cpu_us_per_call);
+    let floor_cpu = get(Target::RelayFloor, |s| s.cpu_us_per_call);
     println!(
         "\ngrpc-edge calls/s ÷ direct calls/s:  {}",
         ratio(
@@ -1486,6 +1518,14 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
     println!(
         "grpc-edge CPU/call ÷ nginx CPU/call:   {}",
         ratio(edge_cpu, get(Target::Nginx, |s| s.cpu_us_per_call))
+    );
+    println!(
+        "grpc-edge CPU/call ÷ relay-floor CPU/call: {}",
+        ratio(edge_cpu, floor_cpu)
+    );
+    println!(
+        "relay-floor CPU/call ÷ haproxy CPU/call:   {}",
+        ratio(floor_cpu, get(Target::Haproxy, |s| s.cpu_us_per_call))
     );
     println!(
         "grpc-edge CPU/call ÷ grpc-edge-quiet CPU/call (metrics + access log cost): {}",

@@ -168,7 +168,7 @@ impl ClientHandler {
             Some(Ok(timeout)) => Some(timeout),
             Some(Err(_)) => return false,
         };
-        let Some((endpoint, _probe)) = cluster.pick(&[]) else {
+        let Some((endpoint, probe)) = cluster.pick(&[]) else {
             return false;
         };
         let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
@@ -181,7 +181,9 @@ impl ClientHandler {
         };
         let idle = streaming.then_some(target.stream_idle_timeout);
         let deadline = crate::passthrough::deadline(received, client_timeout, (!streaming).then_some(target.timeout));
-        let remaining = deadline.map(|d| d.at.saturating_duration_since(received));
+        // What is left of the deadline as it leaves (a clock read only for
+        // calls that have one).
+        let remaining = deadline.map(|d| d.at.saturating_duration_since(Instant::now()));
         forwarded_fields(&mut self.upstream_fields, &self.info, fields, remaining);
         // This leg first: the backend may answer as soon as the request
         // headers leave, and its answer must find this leg open.
@@ -192,7 +194,7 @@ impl ClientHandler {
             &self.upstream_fields,
             end_stream,
             received,
-            Some(admitted),
+            probe,
         );
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
@@ -225,6 +227,8 @@ impl ClientHandler {
             half.peer_stream = upstream_stream;
             half.opened = Some((received, client_timeout));
             half.telemetry = Some(CallTelemetry::new(record));
+            // Counted until the client has the whole answer, as on the h2 path.
+            half.admitted = Some(admitted);
         }
         if end_stream {
             state.received_end(stream);
@@ -261,7 +265,7 @@ impl ClientHandler {
         side.lock().open(stream, fallback.clone(), 0);
         let opened = fallback
             .lock()
-            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), None);
+            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false);
         let mut state = side.lock();
         match opened {
             Some(fallback_stream) => {

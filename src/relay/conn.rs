@@ -314,7 +314,7 @@ impl Reader {
                 }
             }
             Frame::RstStream { stream, reason } => {
-                let half = side.lock().remove(stream);
+                let half = side.lock().reset_by_peer(stream, reason);
                 if let Some(half) = half {
                     handler.reset_by_peer(side, &half);
                     let status = Status::new(Code::from_h2_reason(reason), format!("stream reset: {reason}"));

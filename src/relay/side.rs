@@ -195,8 +195,10 @@ pub(crate) struct Half {
     /// For an upstream leg: when its request went out, until the answer's
     /// headers come back (the balancer learns the round trip).
     sent_at: Option<Instant>,
-    /// For an upstream leg: the call's place under the cluster's limits.
+    /// For a client leg: the call's place under the cluster's limits.
     pub(crate) admitted: Option<Admitted>,
+    /// For an upstream leg: the call probes an ejected endpoint.
+    probe: bool,
 }
 
 /// A relayed call's measurement: bytes (and, for streams, messages) each
@@ -318,7 +320,7 @@ impl SideState {
             for (_, half) in &halves {
                 // Calls cut by the connection's end were lost, not cancelled.
                 endpoint.count_code(half.code.unwrap_or(Code::Unavailable));
-                endpoint.end_call(half.outcome, false);
+                endpoint.end_call(half.outcome, half.probe);
             }
         }
         halves
@@ -354,6 +356,7 @@ impl SideState {
                 telemetry: None,
                 sent_at: None,
                 admitted: None,
+                probe: false,
             },
         );
     }
@@ -368,7 +371,7 @@ impl SideState {
         fields: &Fields,
         end: bool,
         now: Instant,
-        admitted: Option<Admitted>,
+                probe: bool,
     ) -> Option<u32> {
         if self.closed || self.draining || self.next_stream > MAX_WINDOW {
             return None;
@@ -381,7 +384,7 @@ impl SideState {
         self.open(stream, peer, peer_stream);
         if let Some(half) = self.streams.get_mut(&stream) {
             half.sent_at = Some(now);
-            half.admitted = admitted;
+            half.probe = probe;
         }
         self.send_headers(stream, fields, end);
         Some(stream)
@@ -430,6 +433,10 @@ impl SideState {
     /// backend gets RST_STREAM(CANCEL). Data still queued is dropped.
     pub(crate) fn fail(&mut self, stream: u32, status: &Status) -> Option<Half> {
         if self.role == Role::Upstream {
+            // The client's side ended the call: not the backend's doing.
+            if let Some(half) = self.streams.get_mut(&stream) {
+                half.outcome = Outcome::Neutral;
+            }
             return self.reset(stream, Reason::CANCEL);
         }
         let mut half = self.remove(stream)?;
@@ -439,6 +446,12 @@ impl SideState {
         half.end_sent = true;
         if let Some(telemetry) = &half.telemetry {
             telemetry.record.finish(status);
+        }
+        if !half.queue.is_empty() {
+            // Trailers would have to wait behind data the client is not
+            // reading: the stream is reset instead, as the h2 path does.
+            frame::write_rst_stream(&mut self.out, stream, Reason::CANCEL);
+            return Some(half);
         }
         write_status(
             &mut self.out,
@@ -486,7 +499,7 @@ impl SideState {
         }
         if let Some(endpoint) = self.endpoint.upgrade() {
             endpoint.count_code(half.code.unwrap_or(Code::Cancelled));
-            endpoint.end_call(half.outcome, false);
+            endpoint.end_call(half.outcome, half.probe);
         }
         Some(half)
     }
@@ -497,6 +510,19 @@ impl SideState {
             Some(half) if half.end_sent && half.end_received => self.remove(stream),
             _ => None,
         }
+    }
+
+    /// Forgets `stream`, which the peer reset. For an upstream leg, a
+    /// refusal (the backend never processed it) or a cancel is not held
+    /// against the endpoint.
+    pub(crate) fn reset_by_peer(&mut self, stream: u32, reason: Reason) -> Option<Half> {
+        if let Some(half) = self.streams.get_mut(&stream) {
+            half.code = Some(Code::from_h2_reason(reason));
+            if matches!(reason, Reason::REFUSED_STREAM | Reason::CANCEL) {
+                half.outcome = Outcome::Neutral;
+            }
+        }
+        self.remove(stream)
     }
 
     /// Sets the timers of the call on `stream`: its deadline (and whether

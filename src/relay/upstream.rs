@@ -36,10 +36,10 @@ struct Connection {
 
 impl RelayPool {
     /// The connection a new call opens its stream on: the first one up with
-    /// a free stream, else the least busy one once the pool is at its size.
-    /// `None` while no connection is up with room: the pool then starts one
-    /// in the background, and the call takes the h2 path, which waits for
-    /// connections and tries other endpoints when connecting fails.
+    /// a free stream. `None` while no connection is up with room: the pool
+    /// then starts one in the background if it may grow, and the call takes
+    /// the h2 path, which waits for connections and streams and tries other
+    /// endpoints when connecting fails.
     pub(crate) fn side_for_call(&self, endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Option<Arc<Side>> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
         // Connections that closed or are draining take no new calls.
@@ -47,7 +47,6 @@ impl RelayPool {
             let state = c.side.lock();
             !state.is_closed() && !state.draining
         });
-        let mut least: Option<(usize, &Arc<Connection>)> = None;
         let mut starting = false;
         for connection in connections.iter() {
             if !connection.ready.load(Ordering::Acquire) {
@@ -58,17 +57,29 @@ impl RelayPool {
             if open < connection.max_streams.load(Ordering::Relaxed) as usize {
                 return Some(connection.side.clone());
             }
-            if least.is_none_or(|(fewest, _)| open < fewest) {
-                least = Some((open, connection));
-            }
         }
-        if connections.len() >= settings.max_connections.max(1) as usize {
-            return least.map(|(_, connection)| connection.side.clone());
+        // `max_connections_per_endpoint` caps the h2 path's connections and
+        // these together: the backend sees one client.
+        let h2_connections = endpoint.pool.connection_loads().len();
+        if connections.len() + h2_connections >= settings.max_connections.max(1) as usize {
+            // Every connection is full: the h2 path makes the call wait for
+            // a stream (up to `max_pending`), which the relay does not.
+            return None;
         }
         if !starting {
             connections.push(open(endpoint, settings));
         }
         None
+    }
+
+    /// Calls in flight on each relay connection that is up.
+    pub(crate) fn connection_loads(&self) -> Vec<u32> {
+        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        connections
+            .iter()
+            .filter(|c| c.ready.load(Ordering::Acquire))
+            .map(|c| u32::try_from(c.side.lock().stream_count()).unwrap_or(u32::MAX))
+            .collect()
     }
 
     /// Closes every connection (the endpoint is gone).

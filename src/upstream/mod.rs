@@ -381,7 +381,7 @@ impl Cluster {
             calls,
             failures,
             rtt_ms: e.rtt_estimate(&self.clock).as_secs_f64() * 1000.0,
-            connections: e.pool.connection_loads(),
+            connections: [e.pool.connection_loads(), e.relay.connection_loads()].concat(),
             ejected_for_seconds: ejected_for,
             ejection_reason: (standing != Standing::InService).then(|| e.outlier.reason()).flatten(),
             times_ejected: e.outlier.times_ejected(),
