@@ -188,14 +188,10 @@ impl ClientHandler {
         // This leg first: the backend may answer as soon as the request
         // headers leave, and its answer must find this leg open.
         side.lock().open(stream, upstream.clone(), 0);
-        let opened = upstream.lock().open_next(
-            side.clone(),
-            stream,
-            &self.upstream_fields,
-            end_stream,
-            received,
-            probe,
-        );
+        let opened =
+            upstream
+                .lock()
+                .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received, probe);
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
             return false;

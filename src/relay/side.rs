@@ -70,6 +70,7 @@ impl Side {
                 endpoint,
                 next_stream: 1,
                 draining: false,
+                refused_our_traffic: false,
                 // The connection's owner announces this window (a
                 // WINDOW_UPDATE past the default) before anything else.
                 recv_window: i64::from(receive.connection),
@@ -127,6 +128,9 @@ pub(crate) struct SideState {
     next_stream: u32,
     /// No new streams: a GOAWAY was received or sent.
     pub(crate) draining: bool,
+    /// The peer's GOAWAY said ENHANCE_YOUR_CALM: calls its closing cuts
+    /// are not held against it (our traffic was the trouble).
+    pub(crate) refused_our_traffic: bool,
     /// What the peer may still send on the connection before we credit it.
     recv_window: i64,
     /// Calls with a deadline, soonest first (client connections).
@@ -320,10 +324,19 @@ impl SideState {
             for (_, half) in &halves {
                 // Calls cut by the connection's end were lost, not cancelled.
                 endpoint.count_code(half.code.unwrap_or(Code::Unavailable));
-                endpoint.end_call(half.outcome, half.probe);
+                let outcome = match self.refused_our_traffic {
+                    true => Outcome::Neutral,
+                    false => half.outcome,
+                };
+                endpoint.end_call(outcome, half.probe);
             }
         }
         halves
+    }
+
+    /// Streams this end opened on the connection so far.
+    pub(crate) fn streams_opened(&self) -> u32 {
+        self.next_stream / 2
     }
 
     pub(crate) fn stream_count(&self) -> usize {
@@ -371,7 +384,7 @@ impl SideState {
         fields: &Fields,
         end: bool,
         now: Instant,
-                probe: bool,
+        probe: bool,
     ) -> Option<u32> {
         if self.closed || self.draining || self.next_stream > MAX_WINDOW {
             return None;
@@ -622,6 +635,7 @@ impl SideState {
         for stream in &above {
             if let Some(half) = self.streams.get_mut(stream) {
                 half.code = Some(Code::Unavailable);
+                half.outcome = Outcome::Neutral;
             }
         }
         above.into_iter().filter_map(|s| self.remove(s)).collect()

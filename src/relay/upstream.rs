@@ -6,6 +6,10 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Context;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use h2::Reason;
 
@@ -32,6 +36,15 @@ struct Connection {
     max_streams: AtomicU32,
     /// The backend's first SETTINGS arrived: the connection is up.
     ready: AtomicBool,
+    endpoint: std::sync::Weak<Endpoint>,
+}
+
+impl Connection {
+    fn endpoint_pool_note_refusal(&self) {
+        if let Some(endpoint) = self.endpoint.upgrade() {
+            endpoint.pool.note_refused_our_traffic();
+        }
+    }
 }
 
 impl RelayPool {
@@ -123,6 +136,7 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         side: side.clone(),
         max_streams: AtomicU32::new(settings.max_streams.max(1)),
         ready: AtomicBool::new(false),
+        endpoint: Arc::downgrade(endpoint),
     });
     let target = endpoint.target.clone();
     let tls = settings.tls.clone();
@@ -131,6 +145,7 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         connection: Some(connection.clone()),
         target: target.clone(),
         pool_max_streams: settings.max_streams.max(1),
+        lifetime: Some(Lifetime::new(settings)),
     };
     tokio::spawn(async move {
         let connected = tokio::time::timeout(connect_timeout, crate::upstream::connect(&target, tls.as_ref())).await;
@@ -160,9 +175,63 @@ fn fail_all(side: &Arc<Side>, message: &str) {
     }
 }
 
+/// When a pooled connection retires: idle for `idle_timeout`, older than
+/// `max_connection_age` (±10%), or past `max_requests_per_connection`.
+/// It retires by draining: no new calls, a GOAWAY, closed when its calls end.
+struct Lifetime {
+    check: tokio::time::Interval,
+    idle_timeout: Duration,
+    idle_since: Option<Instant>,
+    retire_at: Instant,
+    max_requests: u64,
+}
+
+impl Lifetime {
+    fn new(settings: &PoolSettings) -> Self {
+        let now = Instant::now();
+        let every = (settings.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        Lifetime {
+            check: tokio::time::interval_at(now + every, every),
+            idle_timeout: settings.idle_timeout,
+            idle_since: None,
+            retire_at: now + settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2),
+            max_requests: settings.max_requests,
+        }
+    }
+
+    /// Why the connection should retire now, if it should.
+    fn due(&mut self, side: &Arc<Side>, cx: &mut Context<'_>) -> Option<&'static str> {
+        let mut due = None;
+        while self.check.poll_tick(cx).is_ready() {
+            let now = Instant::now();
+            let state = side.lock();
+            if state.draining || state.is_closed() {
+                return None;
+            }
+            let idle = state.stream_count() == 0;
+            let opened = u64::from(state.streams_opened());
+            drop(state);
+            self.idle_since = match (idle, self.idle_since) {
+                (false, _) => None,
+                (true, None) => Some(now),
+                (true, since) => since,
+            };
+            if self.idle_since.is_some_and(|since| now - since >= self.idle_timeout) {
+                due = Some("idle");
+            } else if now >= self.retire_at {
+                due = Some("max_connection_age");
+            } else if self.max_requests > 0 && opened >= self.max_requests {
+                due = Some("max_requests_per_connection");
+            }
+        }
+        due
+    }
+}
+
 struct UpstreamHandler {
     /// The pool's entry (none for the in-process fallback connection).
     connection: Option<Arc<Connection>>,
+    lifetime: Option<Lifetime>,
     target: Arc<str>,
     pool_max_streams: u32,
 }
@@ -231,6 +300,12 @@ impl Handler for UpstreamHandler {
         let refused = {
             let mut state = side.lock();
             state.draining = true;
+            if reason == Reason::ENHANCE_YOUR_CALM && !state.refused_our_traffic {
+                state.refused_our_traffic = true;
+                if let Some(connection) = &self.connection {
+                    connection.endpoint_pool_note_refusal();
+                }
+            }
             state.streams_above(last_stream)
         };
         let status = Status::new(
@@ -245,6 +320,17 @@ impl Handler for UpstreamHandler {
 
     fn lost(&self) -> Status {
         Status::new(Code::Unavailable, format!("upstream {} connection lost", self.target))
+    }
+
+    fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, _wakes: &mut Wakes) -> bool {
+        let Some(why) = self.lifetime.as_mut().and_then(|lifetime| lifetime.due(side, cx)) else {
+            return false;
+        };
+        tracing::debug!(target = %self.target, why, "retiring a relay connection");
+        let mut state = side.lock();
+        state.draining = true;
+        frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
+        true
     }
 }
 
@@ -279,6 +365,7 @@ where
         connection: None,
         target: Arc::from("the gateway"),
         pool_max_streams: u32::MAX,
+        lifetime: None,
     };
     let limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,

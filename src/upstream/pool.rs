@@ -151,6 +151,12 @@ impl Pool {
     }
 
     /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)` since start-up.
+    /// Counts a connection the backend closed for our traffic's sake
+    /// (GOAWAY ENHANCE_YOUR_CALM), seen by the relay's connections.
+    pub(crate) fn note_refused_our_traffic(&self) {
+        self.refused_our_traffic.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn refused_our_traffic(&self) -> u64 {
         self.refused_our_traffic.load(Ordering::Relaxed)
     }
