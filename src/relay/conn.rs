@@ -263,6 +263,9 @@ impl Reader {
                 let link = side.lock().received_data(stream, flow_len, &data).map_err(flow_error)?;
                 let padding = flow_len - data.len() as u32;
                 let Some((peer, peer_stream)) = link else {
+                    if stream > self.last_stream {
+                        return Err(protocol_error("DATA on a stream that was never opened"));
+                    }
                     // A stream already gone (reset, or ended on the other
                     // leg): drop the data, but give the window back.
                     side.lock().credit(stream, flow_len);
@@ -446,7 +449,7 @@ fn protocol_error(what: &'static str) -> FrameError {
 
 fn flow_error(error: FlowError) -> FrameError {
     FrameError {
-        reason: Reason::FLOW_CONTROL_ERROR,
+        reason: error.reason,
         stream: error.stream,
         what: error.what,
     }

@@ -305,6 +305,7 @@ impl Fields {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct FlowError {
     pub(crate) stream: Option<u32>,
+    pub(crate) reason: Reason,
     pub(crate) what: &'static str,
 }
 
@@ -415,6 +416,7 @@ impl SideState {
         if self.recv_window < 0 {
             return Err(FlowError {
                 stream: None,
+                reason: Reason::FLOW_CONTROL_ERROR,
                 what: "DATA beyond the connection window",
             });
         }
@@ -425,12 +427,14 @@ impl SideState {
         if half.recv_window < 0 {
             return Err(FlowError {
                 stream: Some(stream),
+                reason: Reason::FLOW_CONTROL_ERROR,
                 what: "DATA beyond the stream window",
             });
         }
         if half.end_received {
             return Err(FlowError {
                 stream: Some(stream),
+                reason: Reason::STREAM_CLOSED,
                 what: "DATA after END_STREAM",
             });
         }
@@ -765,6 +769,7 @@ impl SideState {
             if self.window + increment > i64::from(MAX_WINDOW) {
                 return Err(FlowError {
                     stream: None,
+                    reason: Reason::FLOW_CONTROL_ERROR,
                     what: "connection window above 2^31-1",
                 });
             }
@@ -779,6 +784,7 @@ impl SideState {
         if half.window + increment > i64::from(MAX_WINDOW) {
             return Err(FlowError {
                 stream: Some(stream),
+                reason: Reason::FLOW_CONTROL_ERROR,
                 what: "stream window above 2^31-1",
             });
         }
@@ -806,6 +812,7 @@ impl SideState {
                 if half.window + delta > i64::from(MAX_WINDOW) {
                     return Err(FlowError {
                         stream: None,
+                        reason: Reason::FLOW_CONTROL_ERROR,
                         what: "SETTINGS_INITIAL_WINDOW_SIZE takes a stream window above 2^31-1",
                     });
                 }

@@ -454,10 +454,16 @@ pub struct GatewayProcess {
 impl GatewayProcess {
     /// Starts `grpc-edge serve --config <path>` and waits until it listens.
     pub fn start(config: &Path) -> GatewayProcess {
+        Self::start_with_env(config, &[])
+    }
+
+    /// `start`, with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> GatewayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_grpc-edge"))
             .args(["--log-format", "json", "serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
