@@ -24,6 +24,8 @@
 //!   REST error body made from them.
 //! - [`http2_goaway`]: the frame boundaries of what an upstream sends, as
 //!   the transport follows them to note GOAWAYs.
+//! - [`http2_frames`]: what a client sends the relay, cut into frames,
+//!   checked, and header blocks gathered, in any chunking.
 //! - [`hpack`]: HTTP/2 header blocks (HPACK), several on one connection, as
 //!   the frame relay decodes a client's and re-encodes them.
 //!
@@ -1300,6 +1302,78 @@ pub fn hpack(data: &[u8]) {
     }
 }
 
+/// Cuts what a client sends into HTTP/2 frames as the relay does (whole,
+/// and in the pieces the input asks for), checks each one, and gathers
+/// header blocks over CONTINUATION frames.
+///
+/// Checked with debug assertions: the frames and the first error are the
+/// same in any chunking; a SETTINGS frame that parses is written back to
+/// the same settings; no block outgrows its bound.
+pub fn http2_frames(data: &[u8]) {
+    use crate::relay::frame::{self, BlockAssembler, Frame};
+    const MAX_BLOCK: usize = 4096;
+    let (lengths, body) = plan(data);
+    let walk = |chunks: &[&[u8]]| {
+        let mut buf = bytes::BytesMut::new();
+        let mut assembler = BlockAssembler::default();
+        let mut seen: Vec<String> = Vec::new();
+        for chunk in chunks {
+            buf.extend_from_slice(chunk);
+            loop {
+                let (head, payload) = match frame::next_frame(&mut buf, frame::DEFAULT_MAX_FRAME_SIZE) {
+                    Ok(Some(cut)) => cut,
+                    Ok(None) => break,
+                    Err(error) => {
+                        seen.push(format!("error {error}"));
+                        return seen;
+                    }
+                };
+                let parsed = frame::parse(&head, &payload).and_then(|parsed| {
+                    assembler.check_order(&parsed)?;
+                    if let Frame::Settings(settings) = &parsed {
+                        let mut written = Vec::new();
+                        settings.write(&mut written);
+                        let again = frame::next_frame(&mut bytes::BytesMut::from(&written[..]), u32::MAX)
+                            .ok()
+                            .flatten()
+                            .and_then(|(h, p)| frame::parse(&h, &p).ok().map(|f| format!("{f:?}")));
+                        debug_assert_eq!(again, Some(format!("{:?}", Frame::Settings(*settings))));
+                    }
+                    let block = match parsed {
+                        Frame::Headers {
+                            stream,
+                            end_stream,
+                            end_headers,
+                            fragment,
+                        } => assembler.headers(stream, end_stream, end_headers, fragment, MAX_BLOCK)?,
+                        Frame::Continuation {
+                            end_headers, fragment, ..
+                        } => assembler.continuation(end_headers, fragment, MAX_BLOCK)?,
+                        other => {
+                            seen.push(format!("{other:?}"));
+                            None
+                        }
+                    };
+                    if let Some(block) = block {
+                        debug_assert!(block.block.len() <= MAX_BLOCK);
+                        seen.push(format!("block {} {} {:?}", block.stream, block.end_stream, block.block));
+                    }
+                    Ok(())
+                });
+                if let Err(error) = parsed {
+                    seen.push(format!("error {error}"));
+                    if error.stream.is_none() {
+                        return seen;
+                    }
+                }
+            }
+        }
+        seen
+    };
+    let whole = walk(&[body]);
+    debug_assert_eq!(walk(&pieces(body, lengths)), whole, "{body:?} split as {lengths:?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1522,6 +1596,15 @@ mod tests {
         blocks.extend(b"\x82\x86\x84\xbe\x58\x86\xa8\xeb\x10\x64\x9c\xbf");
         hpack(&blocks);
         hpack(&[0, 0xff]);
+        // A SETTINGS frame, a split HEADERS block, a PING, a bad WINDOW_UPDATE.
+        let mut frames = vec![3, 5, 11, 2];
+        frames.extend([0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100]);
+        frames.extend([0, 0, 2, 1, 1, 0, 0, 0, 1, 0x82, 0x86]);
+        frames.extend([0, 0, 1, 9, 4, 0, 0, 0, 1, 0x84]);
+        frames.extend([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+        frames.extend([0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        http2_frames(&frames);
+        http2_frames(&frames[..frames.len() - 3]);
     }
 
     const MINIMAL_CONFIG: &str = "listen: 0.0.0.0:8080\ndescriptors: []\nupstreams: {u: {endpoints: [\"127.0.0.1:1\"]}}\nroutes: [{match: \"*\", upstream: u}]\n";
