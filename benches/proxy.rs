@@ -1,5 +1,5 @@
 //! Side-by-side proxy benchmark: `direct`, `grpc-edge` (native gRPC, gRPC-Web,
-//! REST), `grpc-edge-quiet`, `relay-floor`, `haproxy`, `nginx`.
+//! REST), `grpc-edge-relay`, `grpc-edge-quiet`, `relay-floor`, `haproxy`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]
@@ -20,6 +20,8 @@
 //!   `peak_ewma` balancer) in front of the three backends, with its default
 //!   telemetry: per-method metrics and one access log line per call (text,
 //!   written to a file);
+//! - `grpc-edge-relay`: the same with the HTTP/2 frame relay on
+//!   (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`, docs/relay.md), telemetry on;
 //! - `grpc-edge-quiet`: the same with `observability.metrics` and
 //!   `access_log` off, so the ratio of the two is what telemetry costs;
 //! - `grpc-edge-web`, `grpc-edge-rest`, `grpc-edge-rest-body`: grpc-edge with
@@ -111,7 +113,7 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-relay, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
     // The `relay-floor` target's child process runs the relay instead (and
@@ -304,6 +306,8 @@ fn parse_targets(value: &str) -> Result<Vec<Target>, String> {
 enum Target {
     Direct,
     GrpcEdge,
+    /// grpc-edge with the HTTP/2 frame relay on (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`).
+    GrpcEdgeRelay,
     /// grpc-edge with per-call metrics and access logs off.
     GrpcEdgeQuiet,
     /// grpc-edge, the same call as gRPC-Web (binary).
@@ -330,9 +334,10 @@ enum Protocol {
 }
 
 impl Target {
-    const ALL: [Target; 9] = [
+    const ALL: [Target; 10] = [
         Target::Direct,
         Target::GrpcEdge,
+        Target::GrpcEdgeRelay,
         Target::GrpcEdgeQuiet,
         Target::GrpcEdgeWeb,
         Target::GrpcEdgeRest,
@@ -346,6 +351,7 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::GrpcEdge => "grpc-edge",
+            Target::GrpcEdgeRelay => "grpc-edge-relay",
             Target::GrpcEdgeQuiet => "grpc-edge-quiet",
             Target::GrpcEdgeWeb => "grpc-edge-web",
             Target::GrpcEdgeRest => "grpc-edge-rest",
@@ -629,8 +635,17 @@ fn proxy_command(
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
         }
+        Target::GrpcEdgeRelay => {
+            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, true))?;
+            let gateway = env!("CARGO_BIN_EXE_grpc-edge").to_string();
+            // env(1) execs the gateway, so the child's pid stays the proxy's.
+            let args = ["GRPC_EDGE_EXPERIMENTAL_RELAY=1", &gateway, "serve", "--config", &config];
+            Ok((PathBuf::from("/usr/bin/env"), args.map(String::from).to_vec()))
+        }
         Target::RelayFloor => {
-            let program = std::env::current_exe().map_err(|e| format!("cannot find the bench binary: {e}"))?;
+            // This very binary, even if cargo has rebuilt (and so deleted)
+            // the file `current_exe()` names since this run started.
+            let program = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
             let upstreams: Vec<String> = setup.backends.iter().map(SocketAddr::to_string).collect();
             let args = [
                 relay_floor::CHILD_FLAG,
@@ -1518,6 +1533,17 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
     println!(
         "grpc-edge CPU/call ÷ nginx CPU/call:   {}",
         ratio(edge_cpu, get(Target::Nginx, |s| s.cpu_us_per_call))
+    );
+    println!(
+        "grpc-edge-relay CPU/call ÷ haproxy CPU/call: {}",
+        ratio(
+            get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call),
+            get(Target::Haproxy, |s| s.cpu_us_per_call)
+        )
+    );
+    println!(
+        "grpc-edge-relay CPU/call ÷ grpc-edge CPU/call: {}",
+        ratio(get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call), edge_cpu)
     );
     println!(
         "grpc-edge CPU/call ÷ relay-floor CPU/call: {}",

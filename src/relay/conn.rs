@@ -290,18 +290,15 @@ impl Reader {
                 fragment,
             } => {
                 self.last_stream = self.last_stream.max(stream);
-                let max_block = self.max_block();
-                match self
-                    .assembler
-                    .headers(stream, end_stream, end_headers, fragment, max_block)?
-                {
-                    Some(block) => {
-                        let (stream, end_stream) = (block.stream, block.end_stream);
-                        let block = block.block.to_vec();
-                        self.block(side, handler, stream, end_stream, &block)
-                    }
-                    None => Ok(()),
+                if end_headers {
+                    // The usual case: the whole block in one frame, decoded
+                    // where it lies.
+                    return self.block(side, handler, stream, end_stream, fragment);
                 }
+                let max_block = self.max_block();
+                self.assembler
+                    .headers(stream, end_stream, end_headers, fragment, max_block)?;
+                Ok(())
             }
             Frame::Continuation {
                 end_headers, fragment, ..

@@ -138,6 +138,8 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         ready: AtomicBool::new(false),
         endpoint: Arc::downgrade(endpoint),
     });
+    endpoint.pool.relay_connection_opened();
+    let counted = Arc::downgrade(endpoint);
     let target = endpoint.target.clone();
     let tls = settings.tls.clone();
     let connect_timeout = settings.connect_timeout;
@@ -150,16 +152,27 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
     tokio::spawn(async move {
         let connected = tokio::time::timeout(connect_timeout, crate::upstream::connect(&target, tls.as_ref())).await;
         let transport = match connected {
-            Ok(Ok(transport)) => transport,
-            Ok(Err(error)) => return fail_all(&side, &format!("connecting to upstream {target} failed: {error}")),
-            Err(_) => return fail_all(&side, &format!("connecting to upstream {target} timed out")),
+            Ok(Ok(transport)) => Some(transport),
+            Ok(Err(error)) => {
+                fail_all(&side, &format!("connecting to upstream {target} failed: {error}"));
+                None
+            }
+            Err(_) => {
+                fail_all(&side, &format!("connecting to upstream {target} timed out"));
+                None
+            }
         };
         let limits = ReadLimits {
             max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
             max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
             header_table_size: 4096,
         };
-        conn::run(transport, side, handler, limits, false).await;
+        if let Some(transport) = transport {
+            conn::run(transport, side, handler, limits, false).await;
+        }
+        if let Some(endpoint) = counted.upgrade() {
+            endpoint.pool.relay_connection_closed();
+        }
     });
     connection
 }

@@ -110,6 +110,8 @@ pub(crate) struct Pool {
     closed: AtomicBool,
     /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
     refused_our_traffic: AtomicU64,
+    /// Connections the relay holds to the same endpoint.
+    relay_connections: AtomicU32,
     /// Asks discovery to resolve again soon (connect failure, GOAWAY).
     refresh: Option<Arc<Notify>>,
 }
@@ -136,6 +138,7 @@ impl Pool {
             next_conn_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             refused_our_traffic: AtomicU64::new(0),
+            relay_connections: AtomicU32::new(0),
             refresh,
         })
     }
@@ -151,6 +154,25 @@ impl Pool {
     }
 
     /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)` since start-up.
+    /// The HTTP/2 frame relay opened (or closed) a connection to this
+    /// endpoint: `max_connections_per_endpoint` counts both kinds.
+    pub(crate) fn relay_connection_opened(&self) {
+        self.relay_connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn relay_connection_closed(&self) {
+        self.relay_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// How many connections this pool may hold: what the relay's leave of
+    /// `max_connections_per_endpoint`, and always one, so calls the relay
+    /// hands on can be made.
+    fn max_own_connections(&self) -> usize {
+        let relay = self.relay_connections.load(Ordering::Relaxed);
+        let max = self.settings.max_connections;
+        max.saturating_sub(relay).max(max.min(1)) as usize
+    }
+
     /// Counts a connection the backend closed for our traffic's sake
     /// (GOAWAY ENHANCE_YOUR_CALM), seen by the relay's connections.
     pub(crate) fn note_refused_our_traffic(&self) {
@@ -214,7 +236,7 @@ impl Pool {
                     target: self.target.clone(),
                 });
             }
-            if self.conns.load().len() < self.settings.max_connections as usize {
+            if self.conns.load().len() < self.max_own_connections() {
                 if self.in_backoff(self.clock.now_nanos()) && self.conns.load().is_empty() {
                     return Err(self.connect_error());
                 }
@@ -277,7 +299,7 @@ impl Pool {
         // Callers checked the count before; a connect that finished since
         // may have filled the pool. Holding the flag, the count is exact:
         // the last connect added its connection before releasing it.
-        if self.conns.load().len() >= self.settings.max_connections as usize {
+        if self.conns.load().len() >= self.max_own_connections() {
             self.connecting.store(false, Ordering::Release);
             return;
         }
