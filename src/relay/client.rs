@@ -40,22 +40,13 @@ pub(crate) async fn serve<IO>(
         stream: limits.stream_window,
         connection: limits.connection_window,
     };
-    let side = Side::new(Role::Client, windows, std::sync::Weak::new());
-    {
-        let mut state = side.lock();
-        Settings {
-            max_concurrent_streams: Some(limits.max_concurrent_streams),
-            initial_window_size: Some(limits.stream_window),
-            max_header_list_size: Some(limits.max_header_list_size),
-            ..Settings::default()
-        }
-        .write(&mut state.out);
-        if let Some(more) = limits.connection_window.checked_sub(frame::DEFAULT_WINDOW)
-            && more > 0
-        {
-            frame::write_window_update(&mut state.out, 0, more);
-        }
-    }
+    let settings = Settings {
+        max_concurrent_streams: Some(limits.max_concurrent_streams),
+        initial_window_size: Some(limits.stream_window),
+        max_header_list_size: Some(limits.max_header_list_size),
+        ..Settings::default()
+    };
+    let side = Side::opening(Role::Client, windows, std::sync::Weak::new(), settings);
     let read_limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
         max_header_list_size: limits.max_header_list_size,

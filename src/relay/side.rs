@@ -92,6 +92,27 @@ impl Side {
         })
     }
 
+    /// A side whose output starts with what a new connection sends first:
+    /// for an upstream connection the client preface; then `settings`, and
+    /// a WINDOW_UPDATE taking the connection window from the default to
+    /// `receive.connection` (the receive windows it enforces).
+    pub(crate) fn opening(role: Role, receive: Windows, endpoint: Weak<Endpoint>, settings: Settings) -> Arc<Side> {
+        let side = Side::new(role, receive, endpoint);
+        {
+            let mut state = side.lock();
+            if role == Role::Upstream {
+                state.out.extend_from_slice(frame::PREFACE);
+            }
+            settings.write(&mut state.out);
+            if let Some(more) = receive.connection.checked_sub(DEFAULT_WINDOW)
+                && more > 0
+            {
+                frame::write_window_update(&mut state.out, 0, more);
+            }
+        }
+        side
+    }
+
     /// Locks the side. A panic elsewhere while it was held leaves frames
     /// that are still well-formed (each is written whole), so a poisoned
     /// lock is taken as it is.

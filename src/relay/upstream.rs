@@ -115,23 +115,12 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         stream: settings.stream_window,
         connection: settings.connection_window,
     };
-    let side = Side::new(Role::Upstream, windows, Arc::downgrade(endpoint));
-    {
-        let mut state = side.lock();
-        state.out.extend_from_slice(frame::PREFACE);
-        Settings {
-            enable_push: Some(false),
-            initial_window_size: Some(settings.stream_window),
-            max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
-            ..Settings::default()
-        }
-        .write(&mut state.out);
-        if let Some(more) = settings.connection_window.checked_sub(frame::DEFAULT_WINDOW)
-            && more > 0
-        {
-            frame::write_window_update(&mut state.out, 0, more);
-        }
-    }
+    let side = Side::opening(
+        Role::Upstream,
+        windows,
+        Arc::downgrade(endpoint),
+        upstream_settings(windows),
+    );
     let connection = Arc::new(Connection {
         side: side.clone(),
         max_streams: AtomicU32::new(settings.max_streams.max(1)),
@@ -357,23 +346,12 @@ where
 {
     let (near, far) = tokio::io::duplex(256 << 10);
     tokio::spawn(serve(far));
-    let side = Side::new(Role::Upstream, windows, std::sync::Weak::new());
-    {
-        let mut state = side.lock();
-        state.out.extend_from_slice(frame::PREFACE);
-        Settings {
-            enable_push: Some(false),
-            initial_window_size: Some(windows.stream),
-            max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
-            ..Settings::default()
-        }
-        .write(&mut state.out);
-        if let Some(more) = windows.connection.checked_sub(frame::DEFAULT_WINDOW)
-            && more > 0
-        {
-            frame::write_window_update(&mut state.out, 0, more);
-        }
-    }
+    let side = Side::opening(
+        Role::Upstream,
+        windows,
+        std::sync::Weak::new(),
+        upstream_settings(windows),
+    );
     let handler = UpstreamHandler {
         connection: None,
         target: Arc::from("the gateway"),
@@ -387,6 +365,16 @@ where
     };
     tokio::spawn(conn::run(near, side.clone(), handler, limits, false));
     side
+}
+
+/// What this end announces to a backend (or the in-process fallback).
+fn upstream_settings(windows: Windows) -> Settings {
+    Settings {
+        enable_push: Some(false),
+        initial_window_size: Some(windows.stream),
+        max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
+        ..Settings::default()
+    }
 }
 
 fn code_of(value: &[u8]) -> Code {
