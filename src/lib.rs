@@ -191,7 +191,6 @@ mod local;
 #[cfg(feature = "cli")]
 pub mod logging;
 mod passthrough;
-#[allow(dead_code)] // the relay's codecs land before the relay itself (docs/relay.md)
 mod relay;
 mod report;
 mod rest;

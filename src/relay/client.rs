@@ -76,7 +76,6 @@ pub(crate) async fn serve<IO>(
         accepted: 0,
         accepted_at_check: 0,
         idle_at_check: false,
-        draining: false,
         early_resets: 0,
         limits,
         fallback: None,
@@ -106,8 +105,6 @@ struct ClientHandler {
     accepted: u64,
     accepted_at_check: u64,
     idle_at_check: bool,
-    /// A GOAWAY went out: no new calls.
-    draining: bool,
     /// Streams the client reset early (the rapid-reset guard).
     early_resets: u32,
     limits: Arc<Limits>,
@@ -159,15 +156,15 @@ impl ClientHandler {
             Some(Ok(timeout)) => Some(timeout),
             Some(Err(_)) => return false,
         };
+        let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
+        // Over a limit, the h2 path answers, and counts the overflow.
+        let Some(admitted) = cluster.admit(streaming) else {
+            return false;
+        };
         let Some((endpoint, probe)) = cluster.pick(&[]) else {
             return false;
         };
         let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
-            return false;
-        };
-        let streaming = target.kind.is_none_or(|kind| kind.is_streaming());
-        // Over a limit, the h2 path answers, and counts the overflow.
-        let Some(admitted) = cluster.admit(streaming) else {
             return false;
         };
         let idle = streaming.then_some(target.stream_idle_timeout);
@@ -279,7 +276,6 @@ impl ClientHandler {
     /// calls in flight finish, then the connection closes.
     fn go_away(&mut self, side: &Arc<Side>, why: &'static str) {
         tracing::debug!(why, "ending an HTTP/2 connection (relay)");
-        self.draining = true;
         let mut state = side.lock();
         frame::write_goaway(&mut state.out, self.last_opened, Reason::NO_ERROR, b"");
         state.draining = true;
@@ -321,10 +317,14 @@ impl Handler for ClientHandler {
             });
         }
         self.last_opened = stream;
-        if self.draining || side.lock().stream_count() >= self.max_streams as usize {
-            frame::write_rst_stream(&mut side.lock().out, stream, Reason::REFUSED_STREAM);
-            wakes.add(side);
-            return Ok(());
+        {
+            let mut state = side.lock();
+            if state.draining || state.stream_count() >= self.max_streams as usize {
+                frame::write_rst_stream(&mut state.out, stream, Reason::REFUSED_STREAM);
+                drop(state);
+                wakes.add(side);
+                return Ok(());
+            }
         }
         self.open(side, stream, end_stream, fields, wakes);
         Ok(())
@@ -361,7 +361,7 @@ impl Handler for ClientHandler {
             return;
         }
         self.early_resets += 1;
-        if !self.draining && too_many(self.early_resets, self.accepted, self.limits.premature_reset_streams) {
+        if !ending(side) && too_many(self.early_resets, self.accepted, self.limits.premature_reset_streams) {
             tracing::warn!(
                 client = ?self.info.remote,
                 early_resets = self.early_resets,
@@ -369,7 +369,6 @@ impl Handler for ClientHandler {
                 "closing a client connection that reset most of its streams early (rapid reset)"
             );
             self.gateway.note_premature_reset_close();
-            self.draining = true;
             let mut state = side.lock();
             frame::write_goaway(
                 &mut state.out,
@@ -388,7 +387,7 @@ impl Handler for ClientHandler {
     }
 
     fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, wakes: &mut Wakes) -> bool {
-        if !self.draining {
+        if !ending(side) {
             if self.stopping.as_mut().poll(cx).is_ready() {
                 self.go_away(side, "shutting down");
                 wakes.add(side);
@@ -456,6 +455,13 @@ impl Handler for ClientHandler {
         wakes.add(side);
         true
     }
+}
+
+/// Whether the connection takes no new calls: a GOAWAY went either way,
+/// or it is closed.
+fn ending(side: &Side) -> bool {
+    let state = side.lock();
+    state.draining || state.is_closed()
 }
 
 /// The client's headers as the backend gets them: without fields that

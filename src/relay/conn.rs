@@ -108,7 +108,7 @@ where
     };
     let mut unwritten: Vec<u8> = Vec::new();
     let mut written = 0;
-    let ended = poll_fn(|cx| {
+    poll_fn(|cx| {
         side.register(cx.waker());
         loop {
             let mut progress = false;
@@ -124,50 +124,47 @@ where
             }
             while written < unwritten.len() {
                 match Pin::new(&mut io).poll_write(cx, &unwritten[written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ended::Closed),
-                    Poll::Ready(Ok(n)) => {
+                    Poll::Ready(Ok(n)) if n > 0 => {
                         written += n;
                         progress = true;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Ended::Closed),
+                    Poll::Ready(_) => return Poll::Ready(()),
                     Poll::Pending => break,
                 }
             }
-            {
-                let backlog = unwritten.len() - written;
-                let mut state = side.lock();
-                if state.backlog() != backlog {
-                    state.set_backlog(backlog, &mut reader.credits);
-                    drop(state);
-                    reader.apply_credits();
-                    reader.wakes.wake_all();
-                }
-            }
-            if written == unwritten.len() && !unwritten.is_empty() {
+            let all_written = written == unwritten.len();
+            if all_written
+                && !unwritten.is_empty()
                 // TLS holds records until flushed.
-                if let Poll::Ready(Err(_)) = Pin::new(&mut io).poll_flush(cx) {
-                    return Poll::Ready(Ended::Closed);
-                }
+                && let Poll::Ready(Err(_)) = Pin::new(&mut io).poll_flush(cx)
+            {
+                return Poll::Ready(());
             }
-            if written == unwritten.len() {
-                let state = side.lock();
-                // Closed, or draining with nothing left to carry: done.
-                if state.is_closed() || (state.draining && state.stream_count() == 0 && state.out.is_empty()) {
-                    return Poll::Ready(Ended::Closed);
+            let closed = {
+                let mut state = side.lock();
+                let backlog = unwritten.len() - written;
+                if state.backlog() != backlog {
+                    // The socket took some: streams waiting for room send on.
+                    state.set_backlog(backlog, &mut reader.credits);
                 }
+                // Closed, or draining with nothing left to carry: done once written.
+                state.is_closed() || (state.draining && state.stream_count() == 0 && state.out.is_empty())
+            };
+            reader.apply_credits();
+            if closed && all_written {
+                return Poll::Ready(());
             }
-            if unwritten.len() - written < MAX_UNWRITTEN {
+            if !closed && unwritten.len() - written < MAX_UNWRITTEN {
                 reader.buf.reserve(16 << 10);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut io), cx, &mut reader.buf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ended::Eof),
+                    Poll::Ready(Ok(0)) => return Poll::Ready(()),
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         if let Err(error) = reader.process(&side, &mut handler) {
                             reader.connection_error(&side, &error);
                         }
-                        reader.wakes.wake_all();
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Ended::Eof),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => {}
                 }
             }
@@ -181,7 +178,6 @@ where
         }
     })
     .await;
-    let _ = ended;
     // Every call still open here hears that the connection is gone.
     let halves = side.lock().close();
     let status = handler.lost();
@@ -191,11 +187,6 @@ where
         wakes.add(&half.peer);
     }
     wakes.wake_all();
-}
-
-enum Ended {
-    Eof,
-    Closed,
 }
 
 /// The read half of a connection's state: private to its task.
@@ -259,27 +250,22 @@ impl Reader {
                 data,
                 flow_len,
             } => {
+                if stream > self.last_stream {
+                    return Err(protocol_error("DATA on a stream that was never opened"));
+                }
                 let data = payload.slice_ref(data);
-                let link = side.lock().received_data(stream, flow_len, &data).map_err(flow_error)?;
-                let padding = flow_len - data.len() as u32;
+                let link = side
+                    .lock()
+                    .received_data(stream, flow_len, &data, end_stream)
+                    .map_err(flow_error)?;
+                // A stream already gone (reset, or ended on the other leg):
+                // its data was dropped and its window given back.
                 let Some((peer, peer_stream)) = link else {
-                    if stream > self.last_stream {
-                        return Err(protocol_error("DATA on a stream that was never opened"));
-                    }
-                    // A stream already gone (reset, or ended on the other
-                    // leg): drop the data, but give the window back.
-                    side.lock().credit(stream, flow_len);
                     self.wakes.add(side);
                     return Ok(());
                 };
-                if end_stream {
-                    side.lock().received_end(stream);
-                }
                 peer.lock().send_data(peer_stream, data, end_stream, &mut self.credits);
                 self.wakes.add(&peer);
-                if padding > 0 {
-                    side.lock().credit(stream, padding);
-                }
                 self.apply_credits();
                 Ok(())
             }

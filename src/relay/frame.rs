@@ -451,11 +451,6 @@ pub(crate) struct Block<'a> {
 }
 
 impl BlockAssembler {
-    /// Whether a header block is open: only its CONTINUATION may come next.
-    pub(crate) fn is_open(&self) -> bool {
-        self.open.is_some()
-    }
-
     /// Checks that `frame` may come now: while a block is open, only its
     /// CONTINUATION may.
     pub(crate) fn check_order(&self, frame: &Frame<'_>) -> Result<(), FrameError> {

@@ -4,8 +4,14 @@
 //! `h2` crate needs to serve arbitrary requests. `docs/relay.md` has the
 //! design, what it is measured to save, and how it lands.
 //!
-//! This module owns the wire formats the relay speaks: [`frame`] (HTTP/2
-//! frames, RFC 9113 §4 and §6) and [`hpack`] (header compression, RFC 7541).
+//! - [`frame`]: HTTP/2 frames (RFC 9113 §4 and §6); [`hpack`]: header
+//!   compression (RFC 7541).
+//! - `side`: each connection's shared send side: output, HPACK encoder,
+//!   stream table, flow control, call timers.
+//! - `conn`: the task of one connection, client or upstream.
+//! - `client`: a client connection's calls: routed and relayed, or handed to
+//!   the h2 path in-process. [`upstream`]: the relay's connections to an
+//!   endpoint.
 
 mod client;
 mod conn;

@@ -45,8 +45,11 @@ pub(crate) enum Role {
     Upstream,
 }
 
-/// Output a connection holds for its socket before data waits instead.
-const DEFAULT_MAX_BUFFER: usize = 256 << 10;
+/// Most bytes of frames a connection holds for its socket (`out` plus what
+/// its task took but has not written): data beyond it waits in its
+/// stream's queue, uncredited, so a peer that stops reading stops its
+/// senders.
+const MAX_BUFFER: usize = 256 << 10;
 
 /// A connection's shared send side.
 pub(crate) struct Side {
@@ -75,7 +78,6 @@ impl Side {
                 // WINDOW_UPDATE past the default) before anything else.
                 recv_window: i64::from(receive.connection),
                 deadlines: BTreeSet::new(),
-                max_buffer: DEFAULT_MAX_BUFFER,
                 backlog: 0,
                 out: Vec::with_capacity(16 << 10),
                 encoder: hpack::Encoder::new(),
@@ -173,10 +175,6 @@ pub(crate) struct SideState {
     receive: Windows,
     /// Connection-level bytes received and forwarded, not yet credited.
     owed: u32,
-    /// Most bytes of frames waiting for the socket (`out` plus what the
-    /// task took but has not written): data beyond it waits in its stream's
-    /// queue, uncredited, so a peer that stops reading stops its senders.
-    max_buffer: usize,
     /// What the task took from `out` and has not written yet.
     backlog: usize,
 }
@@ -316,10 +314,6 @@ impl Fields {
     pub(crate) fn get(&self, name: &[u8]) -> Option<&[u8]> {
         self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.spans.len()
-    }
 }
 
 /// A stream error the peer caused by a WINDOW_UPDATE or SETTINGS.
@@ -427,11 +421,15 @@ impl SideState {
 
     /// Takes the peer's DATA on `stream` against the windows we gave it;
     /// returns the call's other leg, if the stream is open here.
+    ///
+    /// Padding is credited back at once; `end` notes the peer's END_STREAM.
+    /// Data for a stream no longer open is dropped and its window given back.
     pub(crate) fn received_data(
         &mut self,
         stream: u32,
         flow_len: u32,
         data: &Bytes,
+        end: bool,
     ) -> Result<Option<(Arc<Side>, u32)>, FlowError> {
         self.recv_window -= i64::from(flow_len);
         if self.recv_window < 0 {
@@ -442,6 +440,7 @@ impl SideState {
             });
         }
         let Some(half) = self.streams.get_mut(&stream) else {
+            self.credit(stream, flow_len);
             return Ok(None);
         };
         half.recv_window -= i64::from(flow_len);
@@ -463,7 +462,15 @@ impl SideState {
         if let Some(telemetry) = &mut half.telemetry {
             telemetry.inbound.data(data);
         }
-        Ok(Some((half.peer.clone(), half.peer_stream)))
+        let link = (half.peer.clone(), half.peer_stream);
+        let padding = flow_len - data.len() as u32;
+        if padding > 0 {
+            self.credit(stream, padding);
+        }
+        if end {
+            self.received_end(stream);
+        }
+        Ok(Some(link))
     }
 
     /// Ends `stream` because the call's other leg failed with `status`: a
@@ -722,20 +729,6 @@ impl SideState {
         self.remove_if_done(stream)
     }
 
-    /// Opens a stream by sending its request headers (the upstream leg of a
-    /// new call): encoded now, so stream ids and HPACK state go out in order.
-    pub(crate) fn open_with_headers(
-        &mut self,
-        stream: u32,
-        peer: Arc<Side>,
-        peer_stream: u32,
-        fields: &Fields,
-        end: bool,
-    ) {
-        self.open(stream, peer, peer_stream);
-        self.send_headers(stream, fields, end);
-    }
-
     /// Resets `stream` and forgets it.
     pub(crate) fn reset(&mut self, stream: u32, reason: Reason) -> Option<Half> {
         let half = self.remove(stream)?;
@@ -743,11 +736,6 @@ impl SideState {
             frame::write_rst_stream(&mut self.out, stream, reason);
         }
         Some(half)
-    }
-
-    /// Sets how much output may wait for the socket.
-    pub(crate) fn set_max_buffer(&mut self, bytes: usize) {
-        self.max_buffer = bytes.max(frame::DEFAULT_MAX_FRAME_SIZE as usize);
     }
 
     /// Notes what the task holds unwritten; when the socket made room,
@@ -765,7 +753,7 @@ impl SideState {
     }
 
     fn room(&self) -> usize {
-        self.max_buffer.saturating_sub(self.out.len() + self.backlog)
+        MAX_BUFFER.saturating_sub(self.out.len() + self.backlog)
     }
 
     /// Sends on from streams waiting for connection window or output room,
@@ -889,7 +877,7 @@ impl SideState {
         while let Some(front) = half.queue.front_mut() {
             match front {
                 Queued::Data(data) => {
-                    let room = self.max_buffer.saturating_sub(self.out.len() + self.backlog);
+                    let room = MAX_BUFFER.saturating_sub(self.out.len() + self.backlog);
                     let allowed = (half.window.min(self.window).max(0) as usize).min(room);
                     if allowed == 0 {
                         if (self.window <= 0 || room == 0) && !self.blocked.contains(&stream) {

@@ -55,26 +55,29 @@ impl RelayPool {
     /// endpoints when connecting fails.
     pub(crate) fn side_for_call(&self, endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Option<Arc<Side>> {
         let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        // Connections that closed or are draining take no new calls.
-        connections.retain(|c| {
-            let state = c.side.lock();
-            !state.is_closed() && !state.draining
-        });
         let mut starting = false;
-        for connection in connections.iter() {
+        let mut chosen = None;
+        // One look at each connection: those closed or draining leave the
+        // pool (they take no new calls); the first one up with room is used.
+        connections.retain(|connection| {
+            let state = connection.side.lock();
+            if state.is_closed() || state.draining {
+                return false;
+            }
             if !connection.ready.load(Ordering::Acquire) {
                 starting = true;
-                continue;
+            } else if chosen.is_none() && state.stream_count() < connection.max_streams.load(Ordering::Relaxed) as usize
+            {
+                chosen = Some(connection.side.clone());
             }
-            let open = connection.side.lock().stream_count();
-            if open < connection.max_streams.load(Ordering::Relaxed) as usize {
-                return Some(connection.side.clone());
-            }
+            true
+        });
+        if chosen.is_some() {
+            return chosen;
         }
         // `max_connections_per_endpoint` caps the h2 path's connections and
         // these together: the backend sees one client.
-        let h2_connections = endpoint.pool.connection_loads().len();
-        if connections.len() + h2_connections >= settings.max_connections.max(1) as usize {
+        if connections.len() + endpoint.pool.connection_count() >= settings.max_connections.max(1) as usize {
             // Every connection is full: the h2 path makes the call wait for
             // a stream (up to `max_pending`), which the relay does not.
             return None;

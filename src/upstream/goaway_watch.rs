@@ -13,10 +13,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The type byte of a GOAWAY frame (RFC 9113 §6.8).
-const GOAWAY: u8 = 0x7;
-/// A frame header: 24-bit length, type, flags, 31-bit stream id.
-const HEADER_LEN: usize = 9;
+use crate::relay::frame::{HEAD_LEN as HEADER_LEN, Head, kind::GOAWAY};
+
 /// A GOAWAY payload starts with the last stream id, then the error code.
 const GOAWAY_FIXED_LEN: usize = 8;
 
@@ -94,9 +92,12 @@ impl FrameScan {
     }
 
     fn start_frame(&mut self) {
-        let [a, b, c, kind, ..] = self.header;
-        self.payload_left = usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c);
-        self.goaway = (kind == GOAWAY && self.payload_left > 0).then_some(([0; GOAWAY_FIXED_LEN], 0));
+        // `header` is whole here, so it always parses.
+        let Some(head) = Head::parse(&self.header) else {
+            return;
+        };
+        self.payload_left = head.length;
+        self.goaway = (head.kind == GOAWAY && head.length > 0).then_some(([0; GOAWAY_FIXED_LEN], 0));
     }
 }
 

@@ -184,6 +184,11 @@ impl Pool {
     }
 
     /// Open connections and the calls on each.
+    /// How many connections the pool holds.
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.load().len()
+    }
+
     pub(crate) fn connection_loads(&self) -> Vec<u32> {
         self.conns
             .load()
