@@ -23,7 +23,7 @@ use crate::server::Limits;
 use crate::server::resets::{is_early_reset, too_many};
 use crate::status::{Code, Status};
 use crate::telemetry::{CallRecord, CallStart, Protocol, Served};
-use crate::upstream::{Deadline, Outcome};
+use crate::upstream::{Deadline, Endpoint, Outcome};
 
 /// Serves one client's HTTP/2 connection through the relay. `io` starts
 /// with the client preface.
@@ -85,6 +85,22 @@ pub(crate) async fn serve<IO>(
     crate::server::h2::linger(&mut io).await;
 }
 
+/// Most endpoints a call refused unprocessed is sent to, as on the h2 path.
+const MAX_ATTEMPTS: usize = 5;
+
+/// The next attempt of a call a backend refused unprocessed.
+#[derive(Clone)]
+struct Attempt {
+    fields: Fields,
+    data: Vec<bytes::Bytes>,
+    /// The client's request is complete.
+    ended: bool,
+    deadline: Option<Instant>,
+    tried: Vec<usize>,
+    credited: u32,
+    why: Status,
+}
+
 struct ClientHandler {
     gateway: Gateway,
     info: Arc<ConnInfo>,
@@ -116,8 +132,8 @@ struct ClientHandler {
 impl ClientHandler {
     /// Takes a new call: relayed to a backend when it is native gRPC to a
     /// network upstream with a connection up, under the cluster's limits,
-    /// and not to be retried on its answer's code; otherwise handed to the
-    /// gateway's h2 path in-process, which does everything else.
+    /// not to be retried on its answer's code, and not traced; otherwise
+    /// handed to the gateway's h2 path in-process, which does everything else.
     fn open(&mut self, side: &Arc<Side>, stream: u32, end_stream: bool, fields: &Fields, wakes: &mut Wakes) {
         wakes.add(side);
         self.accepted += 1;
@@ -150,6 +166,11 @@ impl ClientHandler {
         if cluster.retries_answers() {
             return false;
         }
+        // A traced call needs the gateway's spans and a rewritten
+        // `traceparent`: the h2 path does that.
+        if self.gateway.telemetry().exporter.is_some() || fields.get(b"traceparent").is_some() {
+            return false;
+        }
         let received = Instant::now();
         let client_timeout = match fields.get(b"grpc-timeout").map(crate::grpc_timeout::parse) {
             None => None,
@@ -165,6 +186,9 @@ impl ClientHandler {
             return false;
         };
         let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
+            if probe {
+                endpoint.release_probe();
+            }
             return false;
         };
         let idle = streaming.then_some(target.stream_idle_timeout);
@@ -182,6 +206,9 @@ impl ClientHandler {
                 .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received, probe);
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
+            if probe {
+                endpoint.release_probe();
+            }
             return false;
         };
         let record = CallRecord::start(
@@ -214,6 +241,8 @@ impl ClientHandler {
             // Counted until the client has the whole answer, as on the h2 path.
             half.admitted = Some(admitted);
         }
+        let endpoint_id = Arc::as_ptr(&endpoint) as usize;
+        state.keep_replay(stream, &self.upstream_fields, endpoint_id, cluster.max_replay_buffer());
         if end_stream {
             state.received_end(stream);
         }
@@ -234,8 +263,12 @@ impl ClientHandler {
                     self.limits.clone(),
                     self.stopped.clone(),
                 );
+                // Each stream's window toward the h2 path is the client's own,
+                // so the relay holds no more of an answer than the client
+                // would have taken: a client that stops reading stops the h2
+                // path's call as if the relay were not there.
                 let windows = Windows {
-                    stream: limits.stream_window,
+                    stream: side.lock().peer_stream_window(),
                     connection: limits.connection_window,
                 };
                 let fallback = super::upstream::fallback(
@@ -270,6 +303,118 @@ impl ClientHandler {
                 );
             }
         }
+    }
+
+    /// Sends a call a backend refused unprocessed to another endpoint, with
+    /// its kept request; with no endpoint left to try (or none with a relay
+    /// connection up), the client hears the refusal.
+    fn resend(&mut self, side: &Arc<Side>, stream: u32, wakes: &mut Wakes) {
+        let attempt = {
+            let mut state = side.lock();
+            let deadline = state.deadline(stream);
+            state.half_mut(stream).and_then(|half| {
+                let ended = half.end_received;
+                let replay = half.replay.as_mut()?;
+                let why = replay.refused.take()?;
+                Some(Attempt {
+                    fields: replay.fields.clone(),
+                    data: replay.data.clone(),
+                    ended,
+                    deadline,
+                    tried: replay.tried.clone(),
+                    credited: replay.credited,
+                    why,
+                })
+            })
+        };
+        let Some(attempt) = attempt else {
+            return;
+        };
+        wakes.add(side);
+        let Some((upstream, upstream_stream, endpoint)) = self.open_elsewhere(side, stream, attempt.clone(), wakes)
+        else {
+            side.lock().fail(stream, &attempt.why);
+            return;
+        };
+        tracing::debug!(endpoint = %endpoint.target, "resending a call its backend refused unprocessed");
+        let mut state = side.lock();
+        if let Some(half) = state.half_mut(stream) {
+            half.peer = upstream;
+            half.peer_stream = upstream_stream;
+            if let Some(replay) = half.replay.as_mut() {
+                replay.tried.push(Arc::as_ptr(&endpoint) as usize);
+            }
+            if let Some(telemetry) = &half.telemetry {
+                telemetry.served_by(&endpoint.target);
+            }
+        }
+    }
+
+    /// Opens the next attempt of a refused call on another endpoint's relay
+    /// connection and sends its kept request there.
+    fn open_elsewhere(
+        &mut self,
+        side: &Arc<Side>,
+        stream: u32,
+        attempt: Attempt,
+        wakes: &mut Wakes,
+    ) -> Option<(Arc<Side>, u32, Arc<Endpoint>)> {
+        if attempt.tried.len() >= MAX_ATTEMPTS {
+            return None;
+        }
+        let path = attempt.fields.get(b":path").and_then(|p| std::str::from_utf8(p).ok())?;
+        let target = self.gateway.routes().resolve(path)?;
+        let Upstream::Cluster(cluster) = &target.upstream else {
+            return None;
+        };
+        let (endpoint, probe) = cluster.pick(&attempt.tried)?;
+        let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
+            if probe {
+                endpoint.release_probe();
+            }
+            return None;
+        };
+        let now = Instant::now();
+        // The headers as first sent, with what is left of the deadline now.
+        self.upstream_fields.clear();
+        for (name, value) in attempt.fields.iter().filter(|(name, _)| *name != b"grpc-timeout") {
+            self.upstream_fields.push(name, value);
+        }
+        if let Some(at) = attempt.deadline {
+            let remaining = at.saturating_duration_since(now);
+            self.upstream_fields
+                .push(b"grpc-timeout", crate::grpc_timeout::encode(remaining).as_bytes());
+        }
+        let mut credits = Vec::new();
+        let mut state = upstream.lock();
+        let end_with_headers = attempt.ended && attempt.data.is_empty();
+        let Some(upstream_stream) = state.open_next(
+            side.clone(),
+            stream,
+            &self.upstream_fields,
+            end_with_headers,
+            now,
+            probe,
+        ) else {
+            drop(state);
+            if probe {
+                endpoint.release_probe();
+            }
+            return None;
+        };
+        if let Some(half) = state.half_mut(upstream_stream) {
+            half.credited_before = attempt.credited;
+        }
+        let chunks = attempt.data.len();
+        for (i, chunk) in attempt.data.into_iter().enumerate() {
+            state.send_data(upstream_stream, chunk, attempt.ended && i + 1 == chunks, &mut credits);
+        }
+        drop(state);
+        for credit in credits {
+            credit.side.lock().credit(credit.stream, credit.bytes);
+        }
+        wakes.add(&upstream);
+        Some((upstream, upstream_stream, endpoint))
     }
 
     /// Ends the connection gracefully: a GOAWAY naming the last call taken;
@@ -409,16 +554,24 @@ impl Handler for ClientHandler {
                 self.idle_at_check = idle;
             }
         }
-        let Some(next) = side.lock().next_deadline() else {
+        let (refused, next) = {
+            let mut state = side.lock();
+            (state.take_refused(), state.next_deadline())
+        };
+        let resent = !refused.is_empty();
+        for stream in refused {
+            self.resend(side, stream, wakes);
+        }
+        let Some(next) = next else {
             self.armed = None;
-            return false;
+            return resent;
         };
         if self.armed != Some(next) {
             self.timer.as_mut().reset(next);
             self.armed = Some(next);
         }
         if self.timer.as_mut().poll(cx).is_pending() {
-            return false;
+            return resent;
         }
         self.armed = None;
         let expired = side.lock().expired(Instant::now());

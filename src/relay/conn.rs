@@ -53,6 +53,9 @@ pub(crate) trait Handler {
     /// What a call hears when this connection ends under it.
     fn lost(&self) -> Status;
 
+    /// The peer acknowledged a PING this end sent.
+    fn pong(&mut self) {}
+
     /// The peer reset a stream that was open here.
     fn reset_by_peer(&mut self, _side: &Arc<Side>, _half: &super::side::Half) {}
 
@@ -304,7 +307,12 @@ impl Reader {
                 if let Some(half) = half {
                     handler.reset_by_peer(side, &half);
                     let status = Status::new(Code::from_h2_reason(reason), format!("stream reset: {reason}"));
-                    half.peer.lock().fail(half.peer_stream, &status);
+                    let mut peer = half.peer.lock();
+                    match reason {
+                        Reason::REFUSED_STREAM => peer.fail_unprocessed(half.peer_stream, &status),
+                        _ => drop(peer.fail(half.peer_stream, &status)),
+                    }
+                    drop(peer);
                     self.wakes.add(&half.peer);
                 }
                 Ok(())
@@ -320,7 +328,9 @@ impl Reader {
             }
             Frame::SettingsAck | Frame::Priority | Frame::Unknown => Ok(()),
             Frame::Ping { ack, payload } => {
-                if !ack {
+                if ack {
+                    handler.pong();
+                } else {
                     frame::write_ping(&mut side.lock().out, true, payload);
                     self.wakes.add(side);
                 }

@@ -89,6 +89,8 @@ impl Side {
                 closed: false,
                 receive,
                 owed: 0,
+                refused: Vec::new(),
+                spare_replays: Vec::new(),
             }),
             waker: AtomicWaker::new(),
         })
@@ -177,6 +179,34 @@ pub(crate) struct SideState {
     owed: u32,
     /// What the task took from `out` and has not written yet.
     backlog: usize,
+    /// Client legs whose backend refused the call unprocessed: the
+    /// connection's task sends them elsewhere.
+    refused: Vec<u32>,
+    /// Replay buffers of answered calls, for the next calls to reuse.
+    #[allow(clippy::vec_box, reason = "the boxes move into calls and back, never reallocated")]
+    spare_replays: Vec<Box<Replay>>,
+}
+
+/// A relayed request kept until its answer's headers arrive: a backend
+/// that refuses a stream unprocessed (RST_STREAM(REFUSED_STREAM), or a
+/// GOAWAY below it) leaves the call free to go to another endpoint, as
+/// the h2 path resends it. A request larger than the replay limit is not
+/// kept (the client then hears the refusal).
+#[derive(Default)]
+pub(crate) struct Replay {
+    /// The request headers as the backend got them.
+    pub(crate) fields: Fields,
+    pub(crate) data: Vec<Bytes>,
+    len: usize,
+    limit: usize,
+    /// Bytes of `data` already credited to the client when they were
+    /// forwarded: sending them again must not credit them twice.
+    pub(crate) credited: u32,
+    /// Waiting to be sent elsewhere; `why` is what the client hears if no
+    /// endpoint is left.
+    pub(crate) refused: Option<Status>,
+    /// The endpoints that refused it (as the balancer names them).
+    pub(crate) tried: Vec<usize>,
 }
 
 /// One stream of a relayed call, on this connection.
@@ -222,6 +252,11 @@ pub(crate) struct Half {
     pub(crate) admitted: Option<Admitted>,
     /// For an upstream leg: the call probes an ejected endpoint.
     probe: bool,
+    /// For a client leg: the request, until the answer's headers arrive.
+    pub(crate) replay: Option<Box<Replay>>,
+    /// For an upstream leg carrying a resent request: bytes it forwards
+    /// that the client was credited for on an earlier attempt.
+    pub(crate) credited_before: u32,
 }
 
 /// A relayed call's measurement: bytes (and, for streams, messages) each
@@ -240,6 +275,14 @@ impl CallTelemetry {
             outbound: Observer::new(record.clone(), false),
             record,
         })
+    }
+
+    /// Names the endpoint that serves the call (after a resend).
+    pub(crate) fn served_by(&self, endpoint: &Arc<str>) {
+        self.record.set_served(Some(&crate::telemetry::Served {
+            endpoint: endpoint.clone(),
+            retries: 0,
+        }));
     }
 
     /// Finishes with the status a closing header block carries.
@@ -355,6 +398,12 @@ impl SideState {
         self.next_stream / 2
     }
 
+    /// The peer's SETTINGS_INITIAL_WINDOW_SIZE: what it lets each stream
+    /// send it before it reads.
+    pub(crate) fn peer_stream_window(&self) -> u32 {
+        u32::try_from(self.initial_window).unwrap_or(DEFAULT_WINDOW)
+    }
+
     pub(crate) fn stream_count(&self) -> usize {
         self.streams.len()
     }
@@ -386,6 +435,8 @@ impl SideState {
                 sent_at: None,
                 admitted: None,
                 probe: false,
+                replay: None,
+                credited_before: 0,
             },
         );
     }
@@ -440,7 +491,7 @@ impl SideState {
             });
         }
         let Some(half) = self.streams.get_mut(&stream) else {
-            self.credit(stream, flow_len);
+            self.grant(stream, flow_len);
             return Ok(None);
         };
         half.recv_window -= i64::from(flow_len);
@@ -462,15 +513,87 @@ impl SideState {
         if let Some(telemetry) = &mut half.telemetry {
             telemetry.inbound.data(data);
         }
+        let mut waiting = false;
+        if let Some(replay) = &mut half.replay {
+            waiting = replay.refused.is_some();
+            // While the call waits to be resent there is nowhere to forward
+            // to: its data is kept (bounded by the window it was given).
+            if waiting || replay.len + data.len() <= replay.limit {
+                replay.len += data.len();
+                replay.data.push(data.clone());
+            } else if let Some(replay) = half.replay.take() {
+                self.recycle(replay);
+            }
+        }
+        let Some(half) = self.streams.get_mut(&stream) else {
+            return Ok(None);
+        };
         let link = (half.peer.clone(), half.peer_stream);
         let padding = flow_len - data.len() as u32;
         if padding > 0 {
-            self.credit(stream, padding);
+            self.grant(stream, padding);
         }
         if end {
             self.received_end(stream);
         }
-        Ok(Some(link))
+        Ok((!waiting).then_some(link))
+    }
+
+    /// Keeps the request of the call on client leg `stream` (its headers
+    /// as sent to `endpoint`), up to `limit` bytes of data.
+    pub(crate) fn keep_replay(&mut self, stream: u32, fields: &Fields, endpoint: usize, limit: usize) {
+        let mut replay = self.spare_replays.pop().unwrap_or_default();
+        replay.fields.clone_from(fields);
+        replay.limit = limit;
+        replay.tried.push(endpoint);
+        if let Some(half) = self.streams.get_mut(&stream) {
+            half.replay = Some(replay);
+        }
+    }
+
+    /// Keeps a replay buffer for another call (a few, cleared).
+    fn recycle(&mut self, mut replay: Box<Replay>) {
+        if self.spare_replays.len() < 32 {
+            replay.fields.clear();
+            replay.data.clear();
+            replay.tried.clear();
+            replay.len = 0;
+            replay.credited = 0;
+            replay.refused = None;
+            self.spare_replays.push(replay);
+        }
+    }
+
+    /// The backend refused the call on client leg `stream` without
+    /// processing it. With its request kept, the call waits here to be sent
+    /// elsewhere (`true`); otherwise the caller fails it.
+    pub(crate) fn refuse(&mut self, stream: u32, why: &Status) -> bool {
+        let Some(replay) = self.streams.get_mut(&stream).and_then(|h| h.replay.as_mut()) else {
+            return false;
+        };
+        if replay.refused.is_none() {
+            replay.refused = Some(why.clone());
+            self.refused.push(stream);
+        }
+        true
+    }
+
+    /// Fails the call on `stream`, which its backend never processed,
+    /// unless it can be sent elsewhere (see [`SideState::refuse`]).
+    pub(crate) fn fail_unprocessed(&mut self, stream: u32, status: &Status) {
+        if !self.refuse(stream, status) {
+            self.fail(stream, status);
+        }
+    }
+
+    /// The calls waiting to be sent elsewhere.
+    pub(crate) fn take_refused(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// The call's deadline, if it has one.
+    pub(crate) fn deadline(&self, stream: u32) -> Option<Instant> {
+        self.streams.get(&stream)?.deadline.map(|(at, _)| at)
     }
 
     /// Ends `stream` because the call's other leg failed with `status`: a
@@ -719,6 +842,11 @@ impl SideState {
         if end && let Some(telemetry) = &half.telemetry {
             telemetry.finish_with(fields);
         }
+        if let Some(replay) = half.replay.take() {
+            // Answered: the backend took the call.
+            self.recycle(replay);
+        }
+        let half = self.streams.get_mut(&stream)?;
         if half.queue.is_empty() {
             half.headers_sent = true;
             half.end_sent = end;
@@ -842,9 +970,18 @@ impl SideState {
     }
 
     /// Owes the peer `bytes` it sent on `stream` that have now been
-    /// forwarded (or discarded); writes WINDOW_UPDATEs once half a window
-    /// is owed. A stream the peer has ended needs no more window.
+    /// forwarded; writes WINDOW_UPDATEs once half a window is owed. A
+    /// stream the peer has ended needs no more window.
     pub(crate) fn credit(&mut self, stream: u32, bytes: u32) {
+        if let Some(replay) = self.streams.get_mut(&stream).and_then(|h| h.replay.as_mut()) {
+            replay.credited = replay.credited.saturating_add(bytes);
+        }
+        self.grant(stream, bytes);
+    }
+
+    /// Owes the peer `bytes` of window on `stream` and the connection (data
+    /// forwarded, dropped, or padding).
+    fn grant(&mut self, stream: u32, bytes: u32) {
         if self.closed || bytes == 0 {
             return;
         }
@@ -917,6 +1054,9 @@ impl SideState {
                 }
             }
         }
+        let already = sent.min(half.credited_before);
+        half.credited_before -= already;
+        sent -= already;
         if sent > 0 {
             credits.push(Credit {
                 side: half.peer.clone(),

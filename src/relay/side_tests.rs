@@ -336,3 +336,66 @@ fn a_reset_forgets_the_stream_and_its_queue() {
     client.lock().send_data(1, Bytes::from_static(b"x"), true, &mut credits);
     assert!(written(&client, &mut decoder()).is_empty());
 }
+
+#[test]
+fn a_refused_call_keeps_its_request_and_data_that_comes_while_it_waits() {
+    let (client, _upstream) = pair();
+    let sent = block(&[(":path", "/a.B/C")]);
+    client.lock().keep_replay(1, &sent, 7, 100);
+    let link = client
+        .lock()
+        .received_data(1, 10, &Bytes::from(vec![1; 10]), false)
+        .unwrap();
+    assert!(link.is_some(), "forwarded while the call is on its first endpoint");
+    // Forwarded upstream and credited: a resend must not credit it again.
+    client.lock().credit(1, 10);
+    let why = Status::new(Code::Unavailable, "refused");
+    assert!(client.lock().refuse(1, &why));
+    assert!(client.lock().refuse(1, &why), "refused twice, listed once");
+    assert_eq!(client.lock().take_refused(), [1]);
+    let link = client
+        .lock()
+        .received_data(1, 5, &Bytes::from(vec![2; 5]), true)
+        .unwrap();
+    assert!(link.is_none(), "nowhere to forward while it waits");
+    let state = client.lock();
+    let replay = state.half(1).and_then(|h| h.replay.as_ref()).unwrap();
+    assert_eq!(replay.fields.get(b":path"), Some(&b"/a.B/C"[..]));
+    assert_eq!(replay.data.iter().map(Bytes::len).collect::<Vec<_>>(), [10, 5]);
+    assert_eq!((replay.credited, replay.tried.as_slice()), (10, &[7][..]));
+    assert!(replay.refused.is_some());
+}
+
+#[test]
+fn a_request_over_the_replay_limit_or_answered_is_no_longer_kept() {
+    let (client, _upstream) = pair();
+    client.lock().keep_replay(1, &block(&[(":path", "/a.B/C")]), 7, 8);
+    client
+        .lock()
+        .received_data(1, 10, &Bytes::from(vec![1; 10]), false)
+        .unwrap();
+    let why = Status::new(Code::Unavailable, "refused");
+    assert!(!client.lock().refuse(1, &why), "too large to resend");
+    assert!(client.lock().take_refused().is_empty());
+    // Answered: the backend took it, nothing is kept.
+    let (client, _upstream) = pair();
+    client.lock().keep_replay(1, &block(&[(":path", "/a.B/C")]), 7, 100);
+    client.lock().send_headers(1, &block(&[(":status", "200")]), false);
+    assert!(client.lock().half(1).unwrap().replay.is_none());
+    assert!(!client.lock().refuse(1, &why));
+}
+
+#[test]
+fn a_resent_request_credits_only_what_was_not_credited_before() {
+    let (_client, upstream) = pair();
+    let mut credits = Vec::new();
+    upstream.lock().half_mut(3).unwrap().credited_before = 30;
+    upstream
+        .lock()
+        .send_data(3, Bytes::from(vec![0; 20]), false, &mut credits);
+    assert!(credited(&mut credits).is_empty());
+    upstream
+        .lock()
+        .send_data(3, Bytes::from(vec![0; 25]), true, &mut credits);
+    assert_eq!(credited(&mut credits), [(1, 15)]);
+}

@@ -19,6 +19,9 @@ use super::side::{Fields, Role, Side, Windows};
 use crate::status::{Code, Status};
 use crate::upstream::{Endpoint, Outcome, PoolSettings};
 
+/// The payload of the relay's keepalive PINGs.
+const KEEPALIVE: [u8; 8] = *b"grpcedge";
+
 /// Header-list limit for what backends send: generous, as backends are trusted
 /// more than clients, but bounded.
 const UPSTREAM_MAX_HEADER_LIST: u32 = 1 << 20;
@@ -88,14 +91,22 @@ impl RelayPool {
         None
     }
 
-    /// Calls in flight on each relay connection that is up.
+    /// Calls in flight on each relay connection that is up (closed ones
+    /// leave the pool here too).
     pub(crate) fn connection_loads(&self) -> Vec<u32> {
-        let connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        connections
-            .iter()
-            .filter(|c| c.ready.load(Ordering::Acquire))
-            .map(|c| u32::try_from(c.side.lock().stream_count()).unwrap_or(u32::MAX))
-            .collect()
+        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loads = Vec::with_capacity(connections.len());
+        connections.retain(|connection| {
+            let state = connection.side.lock();
+            if state.is_closed() {
+                return false;
+            }
+            if connection.ready.load(Ordering::Acquire) {
+                loads.push(u32::try_from(state.stream_count()).unwrap_or(u32::MAX));
+            }
+            true
+        });
+        loads
     }
 
     /// Closes every connection (the endpoint is gone).
@@ -131,20 +142,28 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         endpoint: Arc::downgrade(endpoint),
     });
     endpoint.pool.relay_connection_opened();
-    let counted = Arc::downgrade(endpoint);
+    // The task keeps its endpoint alive: one that discovery removed stays
+    // listed as draining while its calls finish here.
+    let counted = endpoint.clone();
     let target = endpoint.target.clone();
     let tls = settings.tls.clone();
     let connect_timeout = settings.connect_timeout;
-    let handler = UpstreamHandler {
+    let mut handler = UpstreamHandler {
         connection: Some(connection.clone()),
         target: target.clone(),
         pool_max_streams: settings.max_streams.max(1),
         lifetime: Some(Lifetime::new(settings)),
+        calm: false,
     };
     tokio::spawn(async move {
         let connected = tokio::time::timeout(connect_timeout, crate::upstream::connect(&target, tls.as_ref())).await;
         let transport = match connected {
-            Ok(Ok(transport)) => Some(transport),
+            Ok(Ok((transport, handshake))) => {
+                if let Some(lifetime) = &mut handler.lifetime {
+                    lifetime.handshake = handshake;
+                }
+                Some(transport)
+            }
             Ok(Err(error)) => {
                 fail_all(&side, &format!("connecting to upstream {target} failed: {error}"));
                 None
@@ -162,9 +181,7 @@ fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
         if let Some(transport) = transport {
             conn::run(transport, side, handler, limits, false).await;
         }
-        if let Some(endpoint) = counted.upgrade() {
-            endpoint.pool.relay_connection_closed();
-        }
+        counted.pool.relay_connection_closed();
     });
     connection
 }
@@ -181,52 +198,102 @@ fn fail_all(side: &Arc<Side>, message: &str) {
 }
 
 /// When a pooled connection retires: idle for `idle_timeout`, older than
-/// `max_connection_age` (±10%), or past `max_requests_per_connection`.
+/// `max_connection_age` (±10%), past `max_requests_per_connection`, or
+/// made with a client certificate that has since been replaced.
 /// It retires by draining: no new calls, a GOAWAY, closed when its calls end.
+/// With calls in flight it is also pinged every `keepalive_interval`, and
+/// is dead when a ping goes unanswered for `keepalive_timeout`.
 struct Lifetime {
     check: tokio::time::Interval,
     idle_timeout: Duration,
     idle_since: Option<Instant>,
     retire_at: Instant,
     max_requests: u64,
+    /// The client certificate the connection was made with, and when it
+    /// retires once a newer one is loaded.
+    tls: Option<crate::tls::ClientTls>,
+    handshake: crate::upstream::Handshake,
+    rotation_deadline: Option<Instant>,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    last_ping: Instant,
+    ping_sent: Option<Instant>,
+    /// A PING went into the output on this turn.
+    pinged: bool,
+}
+
+/// What a connection's lifetime calls for.
+enum Due {
+    /// Retire by draining, for this reason.
+    Retire(&'static str),
+    /// A keepalive PING went unanswered this long: the connection is dead.
+    Dead(Duration),
 }
 
 impl Lifetime {
     fn new(settings: &PoolSettings) -> Self {
         let now = Instant::now();
-        let every = (settings.idle_timeout / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        let every = (settings.idle_timeout / 2)
+            .min(settings.keepalive_interval)
+            .clamp(Duration::from_millis(50), Duration::from_secs(1));
         Lifetime {
             check: tokio::time::interval_at(now + every, every),
             idle_timeout: settings.idle_timeout,
             idle_since: None,
             retire_at: now + settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2),
             max_requests: settings.max_requests,
+            tls: settings.tls.clone(),
+            handshake: Default::default(),
+            rotation_deadline: None,
+            keepalive_interval: settings.keepalive_interval,
+            keepalive_timeout: settings.keepalive_timeout,
+            last_ping: now,
+            ping_sent: None,
+            pinged: false,
         }
     }
 
-    /// Why the connection should retire now, if it should.
-    fn due(&mut self, side: &Arc<Side>, cx: &mut Context<'_>) -> Option<&'static str> {
+    /// What the connection should do now, if anything.
+    fn due(&mut self, side: &Arc<Side>, cx: &mut Context<'_>) -> Option<Due> {
         let mut due = None;
         while self.check.poll_tick(cx).is_ready() {
             let now = Instant::now();
-            let state = side.lock();
-            if state.draining || state.is_closed() {
+            let mut state = side.lock();
+            if state.is_closed() {
                 return None;
             }
             let idle = state.stream_count() == 0;
             let opened = u64::from(state.streams_opened());
+            if let Some(sent) = self.ping_sent {
+                if now - sent > self.keepalive_timeout {
+                    return Some(Due::Dead(self.keepalive_timeout));
+                }
+            } else if !idle && now - self.last_ping >= self.keepalive_interval {
+                frame::write_ping(&mut state.out, false, KEEPALIVE);
+                self.ping_sent = Some(now);
+                self.last_ping = now;
+                self.pinged = true;
+            }
+            let draining = state.draining;
             drop(state);
+            if draining {
+                continue;
+            }
             self.idle_since = match (idle, self.idle_since) {
                 (false, _) => None,
                 (true, None) => Some(now),
                 (true, since) => since,
             };
             if self.idle_since.is_some_and(|since| now - since >= self.idle_timeout) {
-                due = Some("idle");
+                due = Some(Due::Retire("idle"));
             } else if now >= self.retire_at {
-                due = Some("max_connection_age");
+                due = Some(Due::Retire("max_connection_age"));
             } else if self.max_requests > 0 && opened >= self.max_requests {
-                due = Some("max_requests_per_connection");
+                due = Some(Due::Retire("max_requests_per_connection"));
+            } else if let Some(tls) = &self.tls
+                && self.handshake.outdated(tls, &mut self.rotation_deadline)
+            {
+                due = Some(Due::Retire("made with a rotated client certificate"));
             }
         }
         due
@@ -239,6 +306,9 @@ struct UpstreamHandler {
     lifetime: Option<Lifetime>,
     target: Arc<str>,
     pool_max_streams: u32,
+    /// The backend said ENHANCE_YOUR_CALM: the calls the connection's end
+    /// cuts are told so.
+    calm: bool,
 }
 
 impl Handler for UpstreamHandler {
@@ -302,6 +372,7 @@ impl Handler for UpstreamHandler {
     fn goaway(&mut self, side: &Arc<Side>, last_stream: u32, reason: Reason, wakes: &mut Wakes) {
         // Streams above the last one were never processed: safe to try
         // again, so the client hears UNAVAILABLE.
+        self.calm |= reason == Reason::ENHANCE_YOUR_CALM;
         let refused = {
             let mut state = side.lock();
             state.draining = true;
@@ -318,24 +389,53 @@ impl Handler for UpstreamHandler {
             format!("upstream {} is closing the connection ({reason})", self.target),
         );
         for half in refused {
-            half.peer.lock().fail(half.peer_stream, &status);
+            half.peer.lock().fail_unprocessed(half.peer_stream, &status);
             wakes.add(&half.peer);
         }
     }
 
     fn lost(&self) -> Status {
-        Status::new(Code::Unavailable, format!("upstream {} connection lost", self.target))
+        match self.calm {
+            true => Status::new(Code::Unavailable, crate::upstream::calm_message(&self.target)),
+            false => Status::new(Code::Unavailable, format!("upstream {} connection lost", self.target)),
+        }
     }
 
-    fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, _wakes: &mut Wakes) -> bool {
-        let Some(why) = self.lifetime.as_mut().and_then(|lifetime| lifetime.due(side, cx)) else {
+    fn pong(&mut self) {
+        if let Some(lifetime) = &mut self.lifetime {
+            lifetime.ping_sent = None;
+        }
+    }
+
+    fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, wakes: &mut Wakes) -> bool {
+        let Some(lifetime) = &mut self.lifetime else {
             return false;
         };
-        tracing::debug!(target = %self.target, why, "retiring a relay connection");
-        let mut state = side.lock();
-        state.draining = true;
-        frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
-        true
+        let due = lifetime.due(side, cx);
+        let pinged = std::mem::take(&mut lifetime.pinged);
+        match due {
+            None => pinged,
+            Some(Due::Retire(why)) => {
+                tracing::debug!(target = %self.target, why, "retiring a relay connection");
+                let mut state = side.lock();
+                state.draining = true;
+                frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
+                true
+            }
+            Some(Due::Dead(waited)) => {
+                tracing::info!(target = %self.target, ?waited, "relay connection dead: keepalive ping unanswered");
+                let halves = side.lock().close();
+                let status = Status::new(
+                    Code::Unavailable,
+                    crate::upstream::keepalive_message(&self.target, waited),
+                );
+                for (_, half) in halves {
+                    half.peer.lock().fail(half.peer_stream, &status);
+                    wakes.add(&half.peer);
+                }
+                true
+            }
+        }
     }
 }
 
@@ -360,6 +460,7 @@ where
         target: Arc::from("the gateway"),
         pool_max_streams: u32::MAX,
         lifetime: None,
+        calm: false,
     };
     let limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,

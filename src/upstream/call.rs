@@ -581,10 +581,18 @@ impl UpstreamBody {
 
     fn stream_error(&mut self, error: &h2::Error) -> Poll<Option<Frame<Bytes>>> {
         let target = self.guard.endpoint().target.clone();
-        let (status, outcome) = status_for_stream_error(error, &target);
+        let (mut status, outcome) = status_for_stream_error(error, &target);
         if error.is_go_away() || error.is_io() {
             self.guard.slot().retire_connection();
             self.guard.mark_connection_lost();
+            if let Some(said) = self
+                .guard
+                .slot()
+                .connection_end()
+                .and_then(|end| end.lost_call_status(&target))
+            {
+                status = said;
+            }
         }
         self.fail(status, outcome)
     }

@@ -22,7 +22,7 @@ use super::call::{
 };
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
-use super::pool::{ConnectionEnd, PoolError};
+use super::pool::PoolError;
 use super::retry::{Pushback, pushback};
 use super::{CallOptions, Cluster, UpstreamBody};
 use crate::body::Body;
@@ -208,18 +208,10 @@ impl Cluster {
                         // The connection's task records why it ended a moment
                         // after its streams fail; the client should hear why.
                         if !unprocessed
-                            && guard.slot().wait_for_connection_end(CONNECTION_END_WAIT).await
-                                == Some(ConnectionEnd::RefusedOurTraffic)
+                            && let Some(end) = guard.slot().wait_for_connection_end(CONNECTION_END_WAIT).await
+                            && let Some(said) = end.lost_call_status(&guard.endpoint().target)
                         {
-                            status = Status::new(
-                                Code::Unavailable,
-                                format!(
-                                    "upstream {} closed the connection with ENHANCE_YOUR_CALM (it judged the \
-                                     traffic on it abusive, typically many calls cancelled while it stalled); \
-                                     the call was lost with it",
-                                    guard.endpoint().target
-                                ),
-                            );
+                            status = said;
                         }
                     }
                     end_span(span, &guard.endpoint().target, Some(&status));
@@ -404,4 +396,13 @@ impl Cluster {
             .insert(OVERLOADED_HEADER, HeaderValue::from_static(overflow.as_str()));
         response
     }
+}
+
+/// What a call lost with a connection its backend closed with
+/// GOAWAY(ENHANCE_YOUR_CALM) hears.
+pub(crate) fn calm_message(target: &str) -> String {
+    format!(
+        "upstream {target} closed the connection with ENHANCE_YOUR_CALM (it judged the traffic on it abusive, \
+         typically many calls cancelled while it stalled); the call was lost with it"
+    )
 }

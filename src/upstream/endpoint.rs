@@ -157,6 +157,13 @@ impl Endpoint {
             .record(&self.outlier, outcome, probe, self.clock.now_nanos());
     }
 
+    /// Gives back a probe claimed by a pick whose call went elsewhere
+    /// (another endpoint may now be probed, or this one by the next call).
+    pub(crate) fn release_probe(&self) {
+        self.detector
+            .record(&self.outlier, Outcome::Neutral, true, self.clock.now_nanos());
+    }
+
     /// Records the round trip of a call sent at `sent`, answered now.
     pub(crate) fn observe_rtt_since(&self, sent: tokio::time::Instant) {
         self.observe_rtt(&self.clock, sent.elapsed());

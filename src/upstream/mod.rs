@@ -13,6 +13,7 @@ mod call;
 mod clock;
 mod discovery;
 mod dispatch;
+pub(crate) use dispatch::calm_message;
 mod endpoint;
 pub(crate) mod goaway_watch;
 mod health_check;
@@ -33,11 +34,15 @@ use tokio::sync::Notify;
 pub(crate) use call::{Deadline, FAR_FUTURE, Outcome, StallLimit, UpstreamBody};
 pub(crate) use endpoint::Endpoint;
 pub(crate) use limits::Admitted;
-pub(crate) use pool::PoolSettings;
+pub(crate) use pool::{PoolSettings, keepalive_message};
+pub(crate) use transport::Handshake;
 
 /// Opens a connection to `target` (TLS when `tls` is set), for the relay.
-pub(crate) async fn connect(target: &str, tls: Option<&crate::tls::ClientTls>) -> Result<transport::Transport, String> {
-    transport::connect(target, tls).await.map(|(transport, _)| transport)
+pub(crate) async fn connect(
+    target: &str,
+    tls: Option<&crate::tls::ClientTls>,
+) -> Result<(transport::Transport, transport::Handshake), String> {
+    transport::connect(target, tls).await
 }
 pub use discovery::{Resolve, SystemResolver};
 pub(crate) use limits::OVERLOADED_HEADER;
@@ -291,6 +296,11 @@ impl Cluster {
     /// calls to the h2 path, which keeps requests to resend them).
     pub(crate) fn retries_answers(&self) -> bool {
         self.retries.retries_any_code()
+    }
+
+    /// The most request bytes kept to resend a call.
+    pub(crate) fn max_replay_buffer(&self) -> usize {
+        self.max_replay_buffer
     }
 
     /// The pool settings every endpoint's connections use.

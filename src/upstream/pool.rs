@@ -392,8 +392,29 @@ pub(crate) enum ConnectionEnd {
     /// gateway already cancelled for its clients says exactly this; it is a
     /// verdict on the gateway's traffic, not a failure of the backend.
     RefusedOurTraffic,
+    /// A keepalive PING went unanswered this long: the backend (or the
+    /// network to it) stopped answering, and the gateway closed it.
+    KeepaliveUnanswered(Duration),
     /// Anything else: closed, reset, broken, or retired.
     Other,
+}
+
+impl ConnectionEnd {
+    /// What a call lost with the connection hears, when the end says more
+    /// than the error the call saw.
+    pub(crate) fn lost_call_status(self, target: &str) -> Option<crate::status::Status> {
+        let message = match self {
+            ConnectionEnd::RefusedOurTraffic => super::calm_message(target),
+            ConnectionEnd::KeepaliveUnanswered(waited) => keepalive_message(target, waited),
+            ConnectionEnd::Other => return None,
+        };
+        Some(crate::status::Status::new(crate::status::Code::Unavailable, message))
+    }
+}
+
+/// What a call lost with a connection whose keepalive PING went unanswered hears.
+pub(crate) fn keepalive_message(target: &str, waited: Duration) -> String {
+    format!("upstream {target} keepalive ping unanswered for {waited:?}: the connection is presumed dead")
 }
 
 /// One HTTP/2 connection to the endpoint.
@@ -628,6 +649,7 @@ async fn drive(
                 let in_flight = conn.in_flight.load(Ordering::Acquire);
                 if let Some(sent) = ping_sent {
                     if now.duration_since(sent) > settings.keepalive_timeout {
+                        end = ConnectionEnd::KeepaliveUnanswered(settings.keepalive_timeout);
                         break format!("keepalive ping unanswered for {:?}", settings.keepalive_timeout);
                     }
                 } else if in_flight > 0
@@ -639,19 +661,10 @@ async fn drive(
                 }
                 if let Some(tls) = &settings.tls
                     && !conn.is_draining()
-                    && conn.tls.generation < tls.generation()
+                    && conn.tls.outdated(tls, &mut rotation_deadline)
                 {
-                    let deadline = *rotation_deadline
-                        .get_or_insert_with(|| now + tls.upstream_drain().mul_f64(fastrand::f64()));
-                    // The certificate this connection was made with, not the new one.
-                    let expiring = conn.tls.client_not_after.is_some_and(|not_after| {
-                        let left = not_after - crate::tls::unix_now();
-                        left < crate::tls::CLIENT_EXPIRY_DRAIN.as_secs() as i64
-                    });
-                    if expiring || now >= deadline {
-                        tracing::info!(target = %pool.target, conn = conn.id, "retiring connection made with a rotated client certificate");
-                        pool.retire(&conn);
-                    }
+                    tracing::info!(target = %pool.target, conn = conn.id, "retiring connection made with a rotated client certificate");
+                    pool.retire(&conn);
                 }
                 let idle_since = pool.clock.instant_at(conn.last_active_nanos.load(Ordering::Relaxed));
                 if in_flight == 0 && now.saturating_duration_since(idle_since) >= settings.idle_timeout {

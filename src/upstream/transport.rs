@@ -39,6 +39,25 @@ pub(crate) struct Handshake {
     pub(crate) client_not_after: Option<i64>,
 }
 
+impl Handshake {
+    /// Whether a connection made with this handshake should retire now, a
+    /// newer client certificate having been loaded since: at a random
+    /// moment within the drain window (`deadline` keeps the one drawn), or
+    /// at once if the certificate it was made with is about to expire.
+    pub(crate) fn outdated(&self, tls: &ClientTls, deadline: &mut Option<tokio::time::Instant>) -> bool {
+        if self.generation >= tls.generation() {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let deadline = *deadline.get_or_insert_with(|| now + tls.upstream_drain().mul_f64(fastrand::f64()));
+        let expiring = self.client_not_after.is_some_and(|not_after| {
+            let left = not_after - crate::tls::unix_now();
+            left < crate::tls::CLIENT_EXPIRY_DRAIN.as_secs() as i64
+        });
+        expiring || now >= deadline
+    }
+}
+
 /// Connects to `target` (`host:port`); with `tls`, performs the handshake
 /// (SNI and verification against `server_name`, or the host).
 pub(crate) async fn connect(target: &str, tls: Option<&ClientTls>) -> Result<(Transport, Handshake), String> {

@@ -255,3 +255,40 @@ async fn a_goaway_enhance_your_calm_followed_by_a_reset_is_not_held_against_the_
     assert_eq!((seen.failures, seen.total_ejections), (0, 0), "{seen:#?}");
     assert_eq!(seen.enhance_your_calm, 4, "{seen:#?}");
 }
+
+/// A backend that stops answering (a frozen VM, a partition that drops
+/// packets without a reset) leaves nothing to read: only an unanswered
+/// keepalive PING tells the gateway the connection is dead. The call in
+/// flight on it fails UNAVAILABLE saying so, instead of waiting for ever,
+/// and the next call gets a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_backend_stops_answering_pings_is_given_up() {
+    let backend = StallingBackend::start(100).await;
+    let edge = Edge::start(&config_yaml(
+        &[backend.addr],
+        "http2:\n  keepalive_interval: 100ms\n  keepalive_timeout: 300ms",
+        "",
+    ))
+    .await;
+    let client = edge.client().await;
+    // Twice, a moment apart: the second call takes whichever connection
+    // carries calls from now on.
+    client.clone().unary(echo("warm-up")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.clone().unary(echo("warm-up")).await.unwrap();
+    backend.stall();
+    let started = Instant::now();
+    let status = client.clone().unary(echo("frozen")).await.unwrap_err();
+    let took = started.elapsed();
+    println!(
+        "the call on the frozen connection ended after {took:?}: {}",
+        status.message()
+    );
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("keepalive"), "{status:?}");
+    // One interval to the ping, one timeout for its answer, and a check tick.
+    assert!(took >= Duration::from_millis(300), "ended after {took:?}");
+    assert!(took < Duration::from_secs(3), "ended after {took:?}");
+    backend.thaw();
+    client.clone().unary(echo("after")).await.unwrap();
+}
