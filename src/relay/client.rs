@@ -185,10 +185,8 @@ impl ClientHandler {
         let Some((endpoint, probe)) = cluster.pick(&[]) else {
             return false;
         };
-        let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
-            if probe {
-                endpoint.release_probe();
-            }
+        let Some((slot, upstream)) = endpoint.pool.try_acquire_relay() else {
+            cluster.give_back(&endpoint, probe);
             return false;
         };
         let idle = streaming.then_some(target.stream_idle_timeout);
@@ -203,12 +201,10 @@ impl ClientHandler {
         let opened =
             upstream
                 .lock()
-                .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received, probe);
+                .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received, probe, Some(slot));
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
-            if probe {
-                endpoint.release_probe();
-            }
+            cluster.give_back(&endpoint, probe);
             return false;
         };
         let record = CallRecord::start(
@@ -282,7 +278,7 @@ impl ClientHandler {
         side.lock().open(stream, fallback.clone(), 0);
         let opened = fallback
             .lock()
-            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false);
+            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
         let mut state = side.lock();
         match opened {
             Some(fallback_stream) => {
@@ -368,10 +364,8 @@ impl ClientHandler {
             return None;
         };
         let (endpoint, probe) = cluster.pick(&attempt.tried)?;
-        let Some(upstream) = endpoint.relay.side_for_call(&endpoint, cluster.pool_settings()) else {
-            if probe {
-                endpoint.release_probe();
-            }
+        let Some((slot, upstream)) = endpoint.pool.try_acquire_relay() else {
+            cluster.give_back(&endpoint, probe);
             return None;
         };
         let now = Instant::now();
@@ -395,11 +389,10 @@ impl ClientHandler {
             end_with_headers,
             now,
             probe,
+            Some(slot),
         ) else {
             drop(state);
-            if probe {
-                endpoint.release_probe();
-            }
+            cluster.give_back(&endpoint, probe);
             return None;
         };
         if let Some(half) = state.half_mut(upstream_stream) {

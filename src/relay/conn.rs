@@ -53,6 +53,9 @@ pub(crate) trait Handler {
     /// What a call hears when this connection ends under it.
     fn lost(&self) -> Status;
 
+    /// The connection is ending: called before its calls are told.
+    fn closing(&mut self) {}
+
     /// The peer acknowledged a PING this end sent.
     fn pong(&mut self) {}
 
@@ -182,6 +185,7 @@ where
     })
     .await;
     // Every call still open here hears that the connection is gone.
+    handler.closing();
     let halves = side.lock().close();
     let status = handler.lost();
     let mut wakes = Wakes::default();

@@ -21,6 +21,7 @@ mod side;
 pub(crate) mod upstream;
 
 pub(crate) use client::serve;
+pub(crate) use side::Side;
 
 /// Whether HTTP/2 client connections go through the relay. Until it does
 /// everything the h2 path does (`docs/relay.md`), only this environment

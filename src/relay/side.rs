@@ -32,7 +32,7 @@ use super::frame::{self, DEFAULT_MAX_FRAME_SIZE, DEFAULT_WINDOW, MAX_WINDOW, Set
 use super::hpack;
 use crate::status::{Code, Status};
 use crate::telemetry::{CallRecord, Observer};
-use crate::upstream::{Admitted, Endpoint, Outcome};
+use crate::upstream::{Admitted, Endpoint, Outcome, Slot};
 
 /// Which end of the relay a connection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +90,8 @@ impl Side {
                 receive,
                 owed: 0,
                 refused: Vec::new(),
+                refuse_with_reset: false,
+                last_opened: 0,
                 spare_replays: Vec::new(),
             }),
             waker: AtomicWaker::new(),
@@ -182,6 +184,13 @@ pub(crate) struct SideState {
     /// Client legs whose backend refused the call unprocessed: the
     /// connection's task sends them elsewhere.
     refused: Vec<u32>,
+    /// A call the peer's backend never processed is refused to the peer
+    /// (RST_STREAM(REFUSED_STREAM)) rather than failed: the peer is the
+    /// gateway's own h2 path, which sends it elsewhere.
+    pub(crate) refuse_with_reset: bool,
+    /// The highest stream id opened on this side (the peer's, for a client
+    /// connection), for a GOAWAY.
+    last_opened: u32,
     /// Replay buffers of answered calls, for the next calls to reuse.
     #[allow(clippy::vec_box, reason = "the boxes move into calls and back, never reallocated")]
     spare_replays: Vec<Box<Replay>>,
@@ -257,6 +266,11 @@ pub(crate) struct Half {
     /// For an upstream leg carrying a resent request: bytes it forwards
     /// that the client was credited for on an earlier attempt.
     pub(crate) credited_before: u32,
+    /// For an upstream leg of a relayed call: its stream slot in the
+    /// endpoint's pool (freed with the leg), and the call is counted on the
+    /// endpoint here. The h2 path's calls through the bridge hold their
+    /// slots and count themselves.
+    slot: Option<Slot>,
 }
 
 /// A relayed call's measurement: bytes (and, for streams, messages) each
@@ -380,7 +394,7 @@ impl SideState {
         self.blocked.clear();
         let halves: Vec<(u32, Half)> = self.streams.drain().collect();
         if let Some(endpoint) = self.endpoint.upgrade() {
-            for (_, half) in &halves {
+            for (_, half) in halves.iter().filter(|(_, half)| half.slot.is_some()) {
                 // Calls cut by the connection's end were lost, not cancelled.
                 endpoint.count_code(half.code.unwrap_or(Code::Unavailable));
                 let outcome = match self.refused_our_traffic {
@@ -393,11 +407,6 @@ impl SideState {
         halves
     }
 
-    /// Streams this end opened on the connection so far.
-    pub(crate) fn streams_opened(&self) -> u32 {
-        self.next_stream / 2
-    }
-
     /// The peer's SETTINGS_INITIAL_WINDOW_SIZE: what it lets each stream
     /// send it before it reads.
     pub(crate) fn peer_stream_window(&self) -> u32 {
@@ -408,8 +417,14 @@ impl SideState {
         self.streams.len()
     }
 
+    /// The highest stream id opened on this side.
+    pub(crate) fn last_opened(&self) -> u32 {
+        self.last_opened
+    }
+
     /// Opens this leg of a call.
     pub(crate) fn open(&mut self, stream: u32, peer: Arc<Side>, peer_stream: u32) {
+        self.last_opened = self.last_opened.max(stream);
         self.streams.insert(
             stream,
             Half {
@@ -437,6 +452,7 @@ impl SideState {
                 probe: false,
                 replay: None,
                 credited_before: 0,
+                slot: None,
             },
         );
     }
@@ -444,6 +460,7 @@ impl SideState {
     /// Opens the upstream leg of a call with the next stream id, sending
     /// its request headers now, under this lock, so ids and HPACK state go
     /// out in order. `None` when the connection takes no more streams.
+    #[allow(clippy::too_many_arguments, reason = "one call per relayed stream, each argument its own")]
     pub(crate) fn open_next(
         &mut self,
         peer: Arc<Side>,
@@ -452,19 +469,22 @@ impl SideState {
         end: bool,
         now: Instant,
         probe: bool,
+        slot: Option<Slot>,
     ) -> Option<u32> {
         if self.closed || self.draining || self.next_stream > MAX_WINDOW {
             return None;
         }
         let stream = self.next_stream;
         self.next_stream += 2;
-        if let Some(endpoint) = self.endpoint.upgrade() {
+        let counted = slot.is_some();
+        if counted && let Some(endpoint) = self.endpoint.upgrade() {
             endpoint.begin_call();
         }
         self.open(stream, peer, peer_stream);
         if let Some(half) = self.streams.get_mut(&stream) {
-            half.sent_at = Some(now);
+            half.sent_at = counted.then_some(now);
             half.probe = probe;
+            half.slot = slot;
         }
         self.send_headers(stream, fields, end);
         Some(stream)
@@ -581,7 +601,9 @@ impl SideState {
     /// Fails the call on `stream`, which its backend never processed,
     /// unless it can be sent elsewhere (see [`SideState::refuse`]).
     pub(crate) fn fail_unprocessed(&mut self, stream: u32, status: &Status) {
-        if !self.refuse(stream, status) {
+        if self.refuse_with_reset {
+            self.reset(stream, Reason::REFUSED_STREAM);
+        } else if !self.refuse(stream, status) {
             self.fail(stream, status);
         }
     }
@@ -665,7 +687,9 @@ impl SideState {
         if let Some(at) = half.timer_at {
             self.deadlines.remove(&(at, stream));
         }
-        if let Some(endpoint) = self.endpoint.upgrade() {
+        if half.slot.is_some()
+            && let Some(endpoint) = self.endpoint.upgrade()
+        {
             endpoint.count_code(half.code.unwrap_or(Code::Cancelled));
             endpoint.end_call(half.outcome, half.probe);
         }

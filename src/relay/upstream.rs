@@ -1,14 +1,21 @@
-//! Relay connections to one backend endpoint: which connection a new call
-//! opens its stream on, opening connections (lazily, in the background, so
-//! a call never waits for a connect while holding up other calls), and the
-//! role of an upstream connection — a backend's answers go to the client
-//! leg of their call, and a backend's GOAWAY fails the calls it never took.
+//! The relay's connections to backends. Each is opened by the endpoint's
+//! pool (`upstream::pool`), which owns it: the pool decides when to open
+//! one, how many calls it takes and when it retires, for relayed calls and
+//! the h2 path's alike. The pool's h2 client reaches the backend through an
+//! in-process *bridge*: its streams are relayed onto the same connection
+//! that relayed calls use, so an endpoint has one set of connections.
+//!
+//! The upstream role: a backend's answers go to the other leg of their
+//! call; its GOAWAY fails (or sends elsewhere) the calls it never took and
+//! is passed on to the pool's h2 client; an unanswered keepalive PING
+//! closes the connection.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::task::Context;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use h2::Reason;
@@ -17,7 +24,7 @@ use super::conn::{self, Handler, ReadLimits, Wakes};
 use super::frame::{self, FrameError, Settings};
 use super::side::{Fields, Role, Side, Windows};
 use crate::status::{Code, Status};
-use crate::upstream::{Endpoint, Outcome, PoolSettings};
+use crate::upstream::{Endpoint, Outcome, PoolSettings, Transport};
 
 /// The payload of the relay's keepalive PINGs.
 const KEEPALIVE: [u8; 8] = *b"grpcedge";
@@ -26,289 +33,194 @@ const KEEPALIVE: [u8; 8] = *b"grpcedge";
 /// more than clients, but bounded.
 const UPSTREAM_MAX_HEADER_LIST: u32 = 1 << 20;
 
-/// An endpoint's relay connections.
-#[derive(Default)]
-pub(crate) struct RelayPool {
-    connections: Mutex<Vec<Arc<Connection>>>,
+/// A relay connection as its pool sees it.
+pub(crate) struct RelayLink {
+    /// The connection's send side: relayed calls open their streams here.
+    pub(crate) side: Arc<Side>,
+    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS (as last announced).
+    pub(crate) peer_max_streams: Arc<AtomicU32>,
 }
 
-struct Connection {
-    side: Arc<Side>,
-    /// The backend's SETTINGS_MAX_CONCURRENT_STREAMS, capped by the pool's
-    /// `max_streams_per_connection`.
-    max_streams: AtomicU32,
-    /// The backend's first SETTINGS arrived: the connection is up.
-    ready: AtomicBool,
-    endpoint: std::sync::Weak<Endpoint>,
-}
-
-impl Connection {
-    fn endpoint_pool_note_refusal(&self) {
-        if let Some(endpoint) = self.endpoint.upgrade() {
-            endpoint.pool.note_refused_our_traffic();
-        }
-    }
-}
-
-impl RelayPool {
-    /// The connection a new call opens its stream on: the first one up with
-    /// a free stream. `None` while no connection is up with room: the pool
-    /// then starts one in the background if it may grow, and the call takes
-    /// the h2 path, which waits for connections and streams and tries other
-    /// endpoints when connecting fails.
-    pub(crate) fn side_for_call(&self, endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Option<Arc<Side>> {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let mut starting = false;
-        let mut chosen = None;
-        // One look at each connection: those closed or draining leave the
-        // pool (they take no new calls); the first one up with room is used.
-        connections.retain(|connection| {
-            let state = connection.side.lock();
-            if state.is_closed() || state.draining {
-                return false;
-            }
-            if !connection.ready.load(Ordering::Acquire) {
-                starting = true;
-            } else if chosen.is_none() && state.stream_count() < connection.max_streams.load(Ordering::Relaxed) as usize
-            {
-                chosen = Some(connection.side.clone());
-            }
-            true
-        });
-        if chosen.is_some() {
-            return chosen;
-        }
-        // `max_connections_per_endpoint` caps the h2 path's connections and
-        // these together: the backend sees one client.
-        if connections.len() + endpoint.pool.connection_count() >= settings.max_connections.max(1) as usize {
-            // Every connection is full: the h2 path makes the call wait for
-            // a stream (up to `max_pending`), which the relay does not.
-            return None;
-        }
-        if !starting {
-            connections.push(open(endpoint, settings));
-        }
-        None
-    }
-
-    /// Calls in flight on each relay connection that is up (closed ones
-    /// leave the pool here too).
-    pub(crate) fn connection_loads(&self) -> Vec<u32> {
-        let mut connections = self.connections.lock().unwrap_or_else(|p| p.into_inner());
-        let mut loads = Vec::with_capacity(connections.len());
-        connections.retain(|connection| {
-            let state = connection.side.lock();
-            if state.is_closed() {
-                return false;
-            }
-            if connection.ready.load(Ordering::Acquire) {
-                loads.push(u32::try_from(state.stream_count()).unwrap_or(u32::MAX));
-            }
-            true
-        });
-        loads
-    }
-
-    /// Closes every connection (the endpoint is gone).
-    pub(crate) fn close(&self) {
-        let connections = std::mem::take(&mut *self.connections.lock().unwrap_or_else(|p| p.into_inner()));
-        for connection in connections {
-            let mut state = connection.side.lock();
-            frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
-            state.draining = true;
-            drop(state);
-            connection.side.wake();
-        }
-    }
-}
-
-/// Starts a connection: its side takes calls at once (their frames wait in
-/// its output), while a task connects and then drives it.
-fn open(endpoint: &Arc<Endpoint>, settings: &PoolSettings) -> Arc<Connection> {
+/// Starts the relay on `transport` (connected to `target`) and a bridge
+/// for the pool's h2 client. Returns the bridge's far end and the link once
+/// the backend's first SETTINGS arrived (so its stream limit is known).
+pub(crate) async fn open(
+    transport: Transport,
+    target: Arc<str>,
+    endpoint: Weak<Endpoint>,
+    settings: &PoolSettings,
+) -> Result<(tokio::io::DuplexStream, RelayLink), String> {
     let windows = Windows {
         stream: settings.stream_window,
         connection: settings.connection_window,
     };
-    let side = Side::opening(
-        Role::Upstream,
+    let side = Side::opening(Role::Upstream, windows, endpoint.clone(), upstream_settings(windows));
+    let peer_max_streams = Arc::new(AtomicU32::new(u32::MAX));
+    // The bridge: the pool's h2 client speaks to it as to a server, and
+    // each stream it opens goes out on the relay connection.
+    let (near, far) = tokio::io::duplex(256 << 10);
+    let bridge = Side::opening(
+        Role::Client,
         windows,
-        Arc::downgrade(endpoint),
-        upstream_settings(windows),
+        Weak::new(),
+        Settings {
+            initial_window_size: Some(windows.stream),
+            max_header_list_size: Some(UPSTREAM_MAX_HEADER_LIST),
+            ..Settings::default()
+        },
     );
-    let connection = Arc::new(Connection {
-        side: side.clone(),
-        max_streams: AtomicU32::new(settings.max_streams.max(1)),
-        ready: AtomicBool::new(false),
-        endpoint: Arc::downgrade(endpoint),
-    });
-    endpoint.pool.relay_connection_opened();
+    bridge.lock().refuse_with_reset = true;
+    let (ready, is_ready) = oneshot::channel();
+    let handler = UpstreamHandler {
+        peer_max_streams: Some(peer_max_streams.clone()),
+        ready: Some(ready),
+        target: target.clone(),
+        keepalive: Some(Keepalive::new(settings)),
+        calm: false,
+        bridge: Some(Arc::downgrade(&bridge)),
+    };
+    let limits = ReadLimits {
+        max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
+        header_table_size: 4096,
+    };
+    let relayed = side.clone();
+    let bridged = bridge.clone();
     // The task keeps its endpoint alive: one that discovery removed stays
     // listed as draining while its calls finish here.
-    let counted = endpoint.clone();
-    let target = endpoint.target.clone();
-    let tls = settings.tls.clone();
-    let connect_timeout = settings.connect_timeout;
-    let mut handler = UpstreamHandler {
-        connection: Some(connection.clone()),
-        target: target.clone(),
-        pool_max_streams: settings.max_streams.max(1),
-        lifetime: Some(Lifetime::new(settings)),
-        calm: false,
-    };
+    let keep = endpoint.upgrade();
     tokio::spawn(async move {
-        let connected = tokio::time::timeout(connect_timeout, crate::upstream::connect(&target, tls.as_ref())).await;
-        let transport = match connected {
-            Ok(Ok((transport, handshake))) => {
-                if let Some(lifetime) = &mut handler.lifetime {
-                    lifetime.handshake = handshake;
-                }
-                Some(transport)
-            }
-            Ok(Err(error)) => {
-                fail_all(&side, &format!("connecting to upstream {target} failed: {error}"));
-                None
-            }
-            Err(_) => {
-                fail_all(&side, &format!("connecting to upstream {target} timed out"));
-                None
-            }
-        };
-        let limits = ReadLimits {
-            max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
-            max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
-            header_table_size: 4096,
-        };
-        if let Some(transport) = transport {
-            conn::run(transport, side, handler, limits, false).await;
-        }
-        counted.pool.relay_connection_closed();
+        conn::run(transport, relayed, handler, limits, false).await;
+        // The connection is gone: the bridge's calls were told; the pool's
+        // h2 client hears the end once they have.
+        drain(&bridged, Reason::NO_ERROR);
+        drop(keep);
     });
-    connection
-}
-
-/// Fails every call waiting on a connection that never came up.
-fn fail_all(side: &Arc<Side>, message: &str) {
-    tracing::debug!(%message, "relay upstream connection failed");
-    let halves = side.lock().close();
-    let status = Status::new(Code::Unavailable, message.to_string());
-    for (_, half) in halves {
-        half.peer.lock().fail(half.peer_stream, &status);
-        half.peer.wake();
+    let bridge_handler = BridgeHandler {
+        upstream: side.clone(),
+        last_opened: 0,
+    };
+    let bridge_limits = ReadLimits {
+        max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
+        max_header_list_size: UPSTREAM_MAX_HEADER_LIST,
+        header_table_size: 4096,
+    };
+    let upstream = side.clone();
+    tokio::spawn(async move {
+        conn::run(near, bridge, bridge_handler, bridge_limits, true).await;
+        // The pool closed its h2 connection (retired, or the pool is gone):
+        // the relay connection ends once its calls have.
+        drain(&upstream, Reason::NO_ERROR);
+    });
+    match is_ready.await {
+        Ok(()) => Ok((
+            far,
+            RelayLink {
+                side,
+                peer_max_streams,
+            },
+        )),
+        Err(_) => Err(format!("upstream {target} closed the connection during the HTTP/2 handshake")),
     }
 }
 
-/// When a pooled connection retires: idle for `idle_timeout`, older than
-/// `max_connection_age` (±10%), past `max_requests_per_connection`, or
-/// made with a client certificate that has since been replaced.
-/// It retires by draining: no new calls, a GOAWAY, closed when its calls end.
-/// With calls in flight it is also pinged every `keepalive_interval`, and
-/// is dead when a ping goes unanswered for `keepalive_timeout`.
-struct Lifetime {
+/// Takes no new streams on `side`, says so with a GOAWAY, and lets its
+/// task end once its streams have.
+fn drain(side: &Arc<Side>, reason: Reason) {
+    let mut state = side.lock();
+    if !state.draining && !state.is_closed() {
+        state.draining = true;
+        frame::write_goaway(&mut state.out, 0, reason, b"");
+    }
+    drop(state);
+    side.wake();
+}
+
+/// Keepalive for a connection with calls in flight: a PING every
+/// `keepalive_interval`; one unanswered for `keepalive_timeout` means the
+/// connection is dead (a frozen backend, a partition that drops packets).
+struct Keepalive {
     check: tokio::time::Interval,
-    idle_timeout: Duration,
-    idle_since: Option<Instant>,
-    retire_at: Instant,
-    max_requests: u64,
-    /// The client certificate the connection was made with, and when it
-    /// retires once a newer one is loaded.
-    tls: Option<crate::tls::ClientTls>,
-    handshake: crate::upstream::Handshake,
-    rotation_deadline: Option<Instant>,
-    keepalive_interval: Duration,
-    keepalive_timeout: Duration,
+    interval: Duration,
+    timeout: Duration,
     last_ping: Instant,
     ping_sent: Option<Instant>,
-    /// A PING went into the output on this turn.
-    pinged: bool,
 }
 
-/// What a connection's lifetime calls for.
-enum Due {
-    /// Retire by draining, for this reason.
-    Retire(&'static str),
-    /// A keepalive PING went unanswered this long: the connection is dead.
-    Dead(Duration),
-}
-
-impl Lifetime {
+impl Keepalive {
     fn new(settings: &PoolSettings) -> Self {
         let now = Instant::now();
-        let every = (settings.idle_timeout / 2)
-            .min(settings.keepalive_interval)
+        let every = settings
+            .keepalive_interval
             .clamp(Duration::from_millis(50), Duration::from_secs(1));
-        Lifetime {
+        Keepalive {
             check: tokio::time::interval_at(now + every, every),
-            idle_timeout: settings.idle_timeout,
-            idle_since: None,
-            retire_at: now + settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2),
-            max_requests: settings.max_requests,
-            tls: settings.tls.clone(),
-            handshake: Default::default(),
-            rotation_deadline: None,
-            keepalive_interval: settings.keepalive_interval,
-            keepalive_timeout: settings.keepalive_timeout,
+            interval: settings.keepalive_interval,
+            timeout: settings.keepalive_timeout,
             last_ping: now,
             ping_sent: None,
-            pinged: false,
         }
     }
 
-    /// What the connection should do now, if anything.
-    fn due(&mut self, side: &Arc<Side>, cx: &mut Context<'_>) -> Option<Due> {
-        let mut due = None;
+    /// Pings when due; `Err` with how long the last PING went unanswered
+    /// once the connection is to be given up. `Ok(true)`: a PING was written.
+    fn poll(&mut self, side: &Arc<Side>, cx: &mut Context<'_>) -> Result<bool, Duration> {
+        let mut pinged = false;
         while self.check.poll_tick(cx).is_ready() {
             let now = Instant::now();
-            let mut state = side.lock();
-            if state.is_closed() {
-                return None;
-            }
-            let idle = state.stream_count() == 0;
-            let opened = u64::from(state.streams_opened());
             if let Some(sent) = self.ping_sent {
-                if now - sent > self.keepalive_timeout {
-                    return Some(Due::Dead(self.keepalive_timeout));
+                if now - sent > self.timeout {
+                    return Err(self.timeout);
                 }
-            } else if !idle && now - self.last_ping >= self.keepalive_interval {
-                frame::write_ping(&mut state.out, false, KEEPALIVE);
-                self.ping_sent = Some(now);
-                self.last_ping = now;
-                self.pinged = true;
-            }
-            let draining = state.draining;
-            drop(state);
-            if draining {
                 continue;
             }
-            self.idle_since = match (idle, self.idle_since) {
-                (false, _) => None,
-                (true, None) => Some(now),
-                (true, since) => since,
-            };
-            if self.idle_since.is_some_and(|since| now - since >= self.idle_timeout) {
-                due = Some(Due::Retire("idle"));
-            } else if now >= self.retire_at {
-                due = Some(Due::Retire("max_connection_age"));
-            } else if self.max_requests > 0 && opened >= self.max_requests {
-                due = Some(Due::Retire("max_requests_per_connection"));
-            } else if let Some(tls) = &self.tls
-                && self.handshake.outdated(tls, &mut self.rotation_deadline)
-            {
-                due = Some(Due::Retire("made with a rotated client certificate"));
+            let mut state = side.lock();
+            if state.is_closed() || state.stream_count() == 0 || now - self.last_ping < self.interval {
+                continue;
             }
+            frame::write_ping(&mut state.out, false, KEEPALIVE);
+            self.ping_sent = Some(now);
+            self.last_ping = now;
+            pinged = true;
         }
-        due
+        Ok(pinged)
     }
 }
 
 struct UpstreamHandler {
-    /// The pool's entry (none for the in-process fallback connection).
-    connection: Option<Arc<Connection>>,
-    lifetime: Option<Lifetime>,
+    /// Where the backend's SETTINGS_MAX_CONCURRENT_STREAMS goes (none for
+    /// the in-process fallback connection).
+    peer_max_streams: Option<Arc<AtomicU32>>,
+    /// Told when the backend's first SETTINGS arrive.
+    ready: Option<oneshot::Sender<()>>,
+    keepalive: Option<Keepalive>,
     target: Arc<str>,
-    pool_max_streams: u32,
     /// The backend said ENHANCE_YOUR_CALM: the calls the connection's end
     /// cuts are told so.
     calm: bool,
+    /// The pool's bridge onto this connection, told of the backend's GOAWAY.
+    bridge: Option<Weak<Side>>,
+}
+
+impl UpstreamHandler {
+    /// The connection is gone: so is the bridge onto it. The pool's h2
+    /// client sees its streams fail with the connection, as over a socket,
+    /// and reads the backend's ENHANCE_YOUR_CALM in the GOAWAY it gets
+    /// first, to tell its calls why.
+    fn close_bridge(&mut self) {
+        let Some(bridge) = self.bridge.take().and_then(|b| b.upgrade()) else {
+            return;
+        };
+        let mut state = bridge.lock();
+        if self.calm {
+            let last = state.last_opened();
+            frame::write_goaway(&mut state.out, last, Reason::ENHANCE_YOUR_CALM, b"");
+        }
+        // Its calls go with it, unanswered: their leg here is gone too.
+        drop(state.close());
+        drop(state);
+        bridge.wake();
+    }
 }
 
 impl Handler for UpstreamHandler {
@@ -358,29 +270,24 @@ impl Handler for UpstreamHandler {
     }
 
     fn settings(&mut self, settings: &Settings) {
-        let Some(connection) = &self.connection else {
-            return;
-        };
-        if let Some(max) = settings.max_concurrent_streams {
-            connection
-                .max_streams
-                .store(max.clamp(1, self.pool_max_streams), Ordering::Relaxed);
+        if let (Some(max), Some(peer_max)) = (settings.max_concurrent_streams, &self.peer_max_streams) {
+            peer_max.store(max, Ordering::Relaxed);
         }
-        connection.ready.store(true, Ordering::Release);
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
     }
 
     fn goaway(&mut self, side: &Arc<Side>, last_stream: u32, reason: Reason, wakes: &mut Wakes) {
-        // Streams above the last one were never processed: safe to try
-        // again, so the client hears UNAVAILABLE.
         self.calm |= reason == Reason::ENHANCE_YOUR_CALM;
+        // Streams above the last one were never processed: safe to send
+        // elsewhere (relayed calls), or refused to the pool's h2 client,
+        // which sends them elsewhere itself.
         let refused = {
             let mut state = side.lock();
             state.draining = true;
-            if reason == Reason::ENHANCE_YOUR_CALM && !state.refused_our_traffic {
+            if reason == Reason::ENHANCE_YOUR_CALM {
                 state.refused_our_traffic = true;
-                if let Some(connection) = &self.connection {
-                    connection.endpoint_pool_note_refusal();
-                }
             }
             state.streams_above(last_stream)
         };
@@ -392,6 +299,22 @@ impl Handler for UpstreamHandler {
             half.peer.lock().fail_unprocessed(half.peer_stream, &status);
             wakes.add(&half.peer);
         }
+        // The pool's h2 client learns it too (with the reason, which the
+        // pool reads to tell why the connection ended): no new streams.
+        if let Some(bridge) = self.bridge.as_ref().and_then(Weak::upgrade) {
+            let mut state = bridge.lock();
+            if !state.draining {
+                state.draining = true;
+                let last = state.last_opened();
+                frame::write_goaway(&mut state.out, last, reason, b"");
+            }
+            drop(state);
+            wakes.add(&bridge);
+        }
+    }
+
+    fn closing(&mut self) {
+        self.close_bridge();
     }
 
     fn lost(&self) -> Status {
@@ -402,28 +325,20 @@ impl Handler for UpstreamHandler {
     }
 
     fn pong(&mut self) {
-        if let Some(lifetime) = &mut self.lifetime {
-            lifetime.ping_sent = None;
+        if let Some(keepalive) = &mut self.keepalive {
+            keepalive.ping_sent = None;
         }
     }
 
     fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, wakes: &mut Wakes) -> bool {
-        let Some(lifetime) = &mut self.lifetime else {
+        let Some(keepalive) = &mut self.keepalive else {
             return false;
         };
-        let due = lifetime.due(side, cx);
-        let pinged = std::mem::take(&mut lifetime.pinged);
-        match due {
-            None => pinged,
-            Some(Due::Retire(why)) => {
-                tracing::debug!(target = %self.target, why, "retiring a relay connection");
-                let mut state = side.lock();
-                state.draining = true;
-                frame::write_goaway(&mut state.out, 0, Reason::NO_ERROR, b"");
-                true
-            }
-            Some(Due::Dead(waited)) => {
+        match keepalive.poll(side, cx) {
+            Ok(pinged) => pinged,
+            Err(waited) => {
                 tracing::info!(target = %self.target, ?waited, "relay connection dead: keepalive ping unanswered");
+                self.close_bridge();
                 let halves = side.lock().close();
                 let status = Status::new(
                     Code::Unavailable,
@@ -436,6 +351,88 @@ impl Handler for UpstreamHandler {
                 true
             }
         }
+    }
+}
+
+/// The bridge's role: the pool's h2 client opens streams on it as on a
+/// backend, and each goes out on the relay connection, unchanged (the h2
+/// path already shaped the request). A stream the relay connection cannot
+/// take is refused, so the h2 path sends it elsewhere.
+struct BridgeHandler {
+    upstream: Arc<Side>,
+    last_opened: u32,
+}
+
+impl Handler for BridgeHandler {
+    fn headers(
+        &mut self,
+        side: &Arc<Side>,
+        stream: u32,
+        end_stream: bool,
+        fields: &Fields,
+        wakes: &mut Wakes,
+    ) -> Result<(), FrameError> {
+        let link = side
+            .lock()
+            .half(stream)
+            .map(|half| (half.peer.clone(), half.peer_stream));
+        if let Some((peer, peer_stream)) = link {
+            // Request trailers: they end it.
+            side.lock().received_end(stream);
+            peer.lock().send_headers(peer_stream, fields, true);
+            wakes.add(&peer);
+            return Ok(());
+        }
+        if stream.is_multiple_of(2) || stream <= self.last_opened {
+            return Err(FrameError {
+                reason: Reason::PROTOCOL_ERROR,
+                stream: None,
+                what: "HEADERS on a stream id the client may not open",
+            });
+        }
+        self.last_opened = stream;
+        side.lock().open(stream, self.upstream.clone(), 0);
+        let opened = self
+            .upstream
+            .lock()
+            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
+        let mut state = side.lock();
+        match opened {
+            Some(upstream_stream) => {
+                if let Some(half) = state.half_mut(stream) {
+                    half.peer_stream = upstream_stream;
+                }
+                if end_stream {
+                    state.received_end(stream);
+                }
+                wakes.add(&self.upstream);
+            }
+            None => {
+                state.remove(stream);
+                frame::write_rst_stream(&mut state.out, stream, Reason::REFUSED_STREAM);
+            }
+        }
+        drop(state);
+        wakes.add(side);
+        Ok(())
+    }
+
+    fn oversized_headers(&mut self, side: &Arc<Side>, stream: u32, wakes: &mut Wakes) {
+        self.last_opened = self.last_opened.max(stream);
+        let half = side.lock().reset(stream, Reason::REFUSED_STREAM);
+        if let Some(half) = half {
+            half.peer.lock().reset(half.peer_stream, Reason::CANCEL);
+            wakes.add(&half.peer);
+        }
+        wakes.add(side);
+    }
+
+    fn goaway(&mut self, side: &Arc<Side>, _last_stream: u32, _reason: Reason, _wakes: &mut Wakes) {
+        side.lock().draining = true;
+    }
+
+    fn lost(&self) -> Status {
+        Status::new(Code::Cancelled, "the gateway closed its connection to the relay")
     }
 }
 
@@ -456,11 +453,12 @@ where
         upstream_settings(windows),
     );
     let handler = UpstreamHandler {
-        connection: None,
+        peer_max_streams: None,
+        ready: None,
+        keepalive: None,
         target: Arc::from("the gateway"),
-        pool_max_streams: u32::MAX,
-        lifetime: None,
         calm: false,
+        bridge: None,
     };
     let limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,

@@ -29,6 +29,14 @@ impl Balancer {
         }
     }
 
+    /// Takes back the last pick, whose call went elsewhere: round robin
+    /// gives its turn again, so turns stay exact.
+    pub(crate) fn unpick(&self) {
+        if self.kind == BalancerKind::RoundRobin {
+            self.next.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// Chooses an endpoint that `usable` accepts; `None` if there is none.
     pub(crate) fn pick<'a>(
         &self,

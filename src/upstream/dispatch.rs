@@ -261,6 +261,16 @@ impl Cluster {
     }
 
     /// The endpoint for the next attempt, and whether the call is its probe.
+    /// Gives back a pick whose call did not go to `endpoint` after all (the
+    /// relay could not carry it and the h2 path picks again): its probe, or
+    /// its round-robin turn.
+    pub(crate) fn give_back(&self, endpoint: &Endpoint, probe: bool) {
+        match probe {
+            true => endpoint.release_probe(),
+            false => self.balancer.unpick(),
+        }
+    }
+
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<(Arc<Endpoint>, bool)> {
         let endpoints = self.endpoints.load();
         let now = self.clock.now_nanos();

@@ -40,8 +40,6 @@ pub(crate) struct Endpoint {
     /// The `:authority` sent upstream.
     pub(crate) authority: Authority,
     pub(crate) pool: Arc<Pool>,
-    /// Connections for calls the HTTP/2 frame relay carries.
-    pub(crate) relay: crate::relay::upstream::RelayPool,
     pub(crate) outlier: OutlierState,
     detector: Arc<OutlierDetector>,
     clock: Clock,
@@ -68,7 +66,6 @@ impl Endpoint {
             target,
             authority,
             pool,
-            relay: Default::default(),
             outlier: OutlierState::default(),
             detector,
             clock,
@@ -134,7 +131,6 @@ impl Endpoint {
         }
         self.detector.forget(&self.outlier);
         self.pool.close();
-        self.relay.close();
     }
 
     /// Calls in flight on this endpoint.

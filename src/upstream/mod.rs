@@ -34,16 +34,8 @@ use tokio::sync::Notify;
 pub(crate) use call::{Deadline, FAR_FUTURE, Outcome, StallLimit, UpstreamBody};
 pub(crate) use endpoint::Endpoint;
 pub(crate) use limits::Admitted;
-pub(crate) use pool::{PoolSettings, keepalive_message};
-pub(crate) use transport::Handshake;
-
-/// Opens a connection to `target` (TLS when `tls` is set), for the relay.
-pub(crate) async fn connect(
-    target: &str,
-    tls: Option<&crate::tls::ClientTls>,
-) -> Result<(transport::Transport, transport::Handshake), String> {
-    transport::connect(target, tls).await
-}
+pub(crate) use pool::{PoolSettings, Slot, keepalive_message};
+pub(crate) use transport::Transport;
 pub use discovery::{Resolve, SystemResolver};
 pub(crate) use limits::OVERLOADED_HEADER;
 
@@ -170,13 +162,15 @@ impl Cluster {
     fn make_endpoint(&self, target: Arc<str>, authority: Authority) -> Arc<Endpoint> {
         let refresh = self.discovery.as_ref().map(|d| d.refresh.clone());
         let pool = Pool::new(target.clone(), self.settings.clone(), self.clock, refresh);
-        Arc::new(Endpoint::new(
+        let endpoint = Arc::new(Endpoint::new(
             target,
             authority,
             pool,
             self.detector.clone(),
             self.clock,
-        ))
+        ));
+        endpoint.pool.set_endpoint(Arc::downgrade(&endpoint));
+        endpoint
     }
 
     /// Starts the cluster's background work; each task ends when the cluster is dropped.
@@ -303,10 +297,6 @@ impl Cluster {
         self.max_replay_buffer
     }
 
-    /// The pool settings every endpoint's connections use.
-    pub(crate) fn pool_settings(&self) -> &PoolSettings {
-        &self.settings
-    }
 
     pub(crate) fn has_endpoint_in_service(&self) -> bool {
         let now = self.clock.now_nanos();
@@ -317,7 +307,6 @@ impl Cluster {
     pub(crate) fn close(&self) {
         for endpoint in self.endpoints.load().iter() {
             endpoint.pool.close();
-            endpoint.relay.close();
         }
     }
 
@@ -391,7 +380,7 @@ impl Cluster {
             calls,
             failures,
             rtt_ms: e.rtt_estimate(&self.clock).as_secs_f64() * 1000.0,
-            connections: [e.pool.connection_loads(), e.relay.connection_loads()].concat(),
+            connections: e.pool.connection_loads(),
             ejected_for_seconds: ejected_for,
             ejection_reason: (standing != Standing::InService).then(|| e.outlier.reason()).flatten(),
             times_ejected: e.outlier.times_ejected(),

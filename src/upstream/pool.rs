@@ -30,6 +30,7 @@ use super::clock::Clock;
 use super::goaway_watch::LastGoAway;
 use super::limits::{Limits, Overflow};
 use super::transport::{self, Handshake, Transport};
+use crate::relay::upstream::RelayLink;
 
 /// Pool and connection settings, from `upstreams.*.pool`, `http2` and `limits`.
 #[derive(Clone, Debug)]
@@ -110,8 +111,9 @@ pub(crate) struct Pool {
     closed: AtomicBool,
     /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)`.
     refused_our_traffic: AtomicU64,
-    /// Connections the relay holds to the same endpoint.
-    relay_connections: AtomicU32,
+    /// The endpoint this pool serves (set once it exists), for the relay's
+    /// connections, which count their calls on it.
+    endpoint: OnceLock<Weak<super::Endpoint>>,
     /// Asks discovery to resolve again soon (connect failure, GOAWAY).
     refresh: Option<Arc<Notify>>,
 }
@@ -138,7 +140,7 @@ impl Pool {
             next_conn_id: AtomicU64::new(1),
             closed: AtomicBool::new(false),
             refused_our_traffic: AtomicU64::new(0),
-            relay_connections: AtomicU32::new(0),
+            endpoint: OnceLock::new(),
             refresh,
         })
     }
@@ -153,42 +155,21 @@ impl Pool {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
 
+    /// Names the endpoint this pool serves.
+    pub(crate) fn set_endpoint(&self, endpoint: Weak<super::Endpoint>) {
+        let _ = self.endpoint.set(endpoint);
+    }
+
+    fn max_connections(&self) -> usize {
+        self.settings.max_connections as usize
+    }
+
     /// Connections the server closed with `GOAWAY(ENHANCE_YOUR_CALM)` since start-up.
-    /// The HTTP/2 frame relay opened (or closed) a connection to this
-    /// endpoint: `max_connections_per_endpoint` counts both kinds.
-    pub(crate) fn relay_connection_opened(&self) {
-        self.relay_connections.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn relay_connection_closed(&self) {
-        self.relay_connections.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// How many connections this pool may hold: what the relay's leave of
-    /// `max_connections_per_endpoint`, and always one, so calls the relay
-    /// hands on can be made.
-    fn max_own_connections(&self) -> usize {
-        let relay = self.relay_connections.load(Ordering::Relaxed);
-        let max = self.settings.max_connections;
-        max.saturating_sub(relay).max(max.min(1)) as usize
-    }
-
-    /// Counts a connection the backend closed for our traffic's sake
-    /// (GOAWAY ENHANCE_YOUR_CALM), seen by the relay's connections.
-    pub(crate) fn note_refused_our_traffic(&self) {
-        self.refused_our_traffic.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub(crate) fn refused_our_traffic(&self) -> u64 {
         self.refused_our_traffic.load(Ordering::Relaxed)
     }
 
     /// Open connections and the calls on each.
-    /// How many connections the pool holds.
-    pub(crate) fn connection_count(&self) -> usize {
-        self.conns.load().len()
-    }
-
     pub(crate) fn connection_loads(&self) -> Vec<u32> {
         self.conns
             .load()
@@ -241,7 +222,7 @@ impl Pool {
                     target: self.target.clone(),
                 });
             }
-            if self.conns.load().len() < self.max_own_connections() {
+            if self.conns.load().len() < self.max_connections() {
                 if self.in_backoff(self.clock.now_nanos()) && self.conns.load().is_empty() {
                     return Err(self.connect_error());
                 }
@@ -266,10 +247,30 @@ impl Pool {
         }
     }
 
+    /// A free slot on an open relay connection, and the connection's side
+    /// to open the stream on. `None` when every one is full, or none is
+    /// open: the pool then starts connecting if it may grow (the call takes
+    /// the h2 path, which waits for a slot; later calls find the new
+    /// connection).
+    pub(crate) fn try_acquire_relay(self: &Arc<Self>) -> Option<(Slot, Arc<crate::relay::Side>)> {
+        let Some(slot) = self.try_acquire_where(|conn| conn.relay.is_some()) else {
+            if self.conns.load().len() < self.max_connections() && !self.in_backoff(self.clock.now_nanos()) {
+                self.start_connect();
+            }
+            return None;
+        };
+        let side = slot.conn.relay.as_ref()?.side.clone();
+        Some((slot, side))
+    }
+
     /// A free slot on an open connection, if there is one.
     fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.try_acquire_where(|_| true)
+    }
+
+    fn try_acquire_where(self: &Arc<Self>, usable: impl Fn(&Conn) -> bool) -> Option<Slot> {
         let conns = self.conns.load();
-        for conn in conns.iter() {
+        for conn in conns.iter().filter(|conn| usable(conn)) {
             if conn.try_reserve(self.settings.max_streams) {
                 let calls = conn.calls.fetch_add(1, Ordering::Relaxed) + 1;
                 if self.settings.max_requests > 0 && calls >= self.settings.max_requests {
@@ -304,26 +305,32 @@ impl Pool {
         // Callers checked the count before; a connect that finished since
         // may have filled the pool. Holding the flag, the count is exact:
         // the last connect added its connection before releasing it.
-        if self.conns.load().len() >= self.max_own_connections() {
+        if self.conns.load().len() >= self.max_connections() {
             self.connecting.store(false, Ordering::Release);
             return;
         }
         let pool = self.clone();
         tokio::spawn(async move {
-            let result = timeout(pool.settings.connect_timeout, connect(&pool.target, &pool.settings)).await;
+            let endpoint = pool.endpoint.get().cloned().unwrap_or_default();
+            let result = timeout(
+                pool.settings.connect_timeout,
+                connect(&pool.target, &pool.settings, endpoint),
+            )
+            .await;
             let outcome = match result {
                 Ok(Ok(connected)) => Ok(connected),
                 Ok(Err(reason)) => Err(reason),
                 Err(_) => Err(format!("timed out after {:?}", pool.settings.connect_timeout)),
             };
             match outcome {
-                Ok((send, connection, ping, handshake, last_goaway)) => {
+                Ok((send, connection, ping, handshake, last_goaway, relay)) => {
                     let conn = Arc::new(Conn::new(
                         pool.next_conn_id.fetch_add(1, Ordering::Relaxed),
                         send,
                         &pool.settings,
                         &pool.clock,
                         handshake,
+                        relay,
                     ));
                     pool.conns.rcu(|conns| {
                         let mut next = Vec::clone(conns);
@@ -436,6 +443,9 @@ pub(crate) struct Conn {
     /// How it ended, once it has; `ended` wakes those waiting to know.
     end: OnceLock<ConnectionEnd>,
     ended: Notify,
+    /// With the relay on: the relay connection under this one, which
+    /// relayed calls use too (each holding a slot here).
+    relay: Option<RelayLink>,
 }
 
 impl Conn {
@@ -445,6 +455,7 @@ impl Conn {
         settings: &PoolSettings,
         clock: &Clock,
         tls: Handshake,
+        relay: Option<RelayLink>,
     ) -> Self {
         // ±10% jitter so connections opened together do not all retire together.
         let age = settings.max_age.mul_f64(0.9 + fastrand::f64() * 0.2);
@@ -462,6 +473,7 @@ impl Conn {
             tls,
             end: OnceLock::new(),
             ended: Notify::new(),
+            relay,
         }
     }
 
@@ -469,7 +481,13 @@ impl Conn {
         if self.draining.load(Ordering::Relaxed) {
             return false;
         }
-        let cap = our_max.min(self.peer_max_streams.load(Ordering::Relaxed));
+        // Over the relay, the backend's own limit (the h2 client sees the
+        // bridge's).
+        let peer_max = match &self.relay {
+            Some(relay) => &relay.peer_max_streams,
+            None => &self.peer_max_streams,
+        };
+        let cap = our_max.min(peer_max.load(Ordering::Relaxed));
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| (n < cap).then_some(n + 1))
             .is_ok()
@@ -548,12 +566,22 @@ type Connected = (
     h2::PingPong,
     Handshake,
     LastGoAway,
+    Option<RelayLink>,
 );
 
 /// Opens TCP, performs the HTTP/2 handshake and waits for the server's
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
-async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, String> {
+/// With the relay on, the connection is the relay's, and the h2 client
+/// speaks to it through the relay's in-process bridge.
+async fn connect(target: &Arc<str>, settings: &PoolSettings, endpoint: Weak<super::Endpoint>) -> Result<Connected, String> {
     let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
+    let (transport, relay) = match crate::relay::enabled() {
+        true => {
+            let (bridge, link) = crate::relay::upstream::open(transport, target.clone(), endpoint, settings).await?;
+            (Transport::bridge(bridge), Some(link))
+        }
+        false => (transport, None),
+    };
     let last_goaway = transport.last_goaway();
     let (send, mut connection) = h2::client::Builder::new()
         .initial_window_size(settings.stream_window)
@@ -578,7 +606,7 @@ async fn connect(target: &str, settings: &PoolSettings) -> Result<Connected, Str
         }
     });
     pong.await?;
-    Ok((send, connection, ping, handshake, last_goaway))
+    Ok((send, connection, ping, handshake, last_goaway, relay))
 }
 
 use std::future::Future;

@@ -25,6 +25,9 @@ pub(crate) struct Transport {
 enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-process connection to the HTTP/2 frame relay, which carries
+    /// its streams on the relay's connection to the endpoint.
+    Bridge(tokio::io::DuplexStream),
 }
 
 /// Reads left unread once a write failed, looking for the GOAWAY that
@@ -80,6 +83,11 @@ pub(crate) async fn connect(target: &str, tls: Option<&ClientTls>) -> Result<(Tr
 }
 
 impl Transport {
+    /// The h2 side of a bridge onto a relay connection.
+    pub(crate) fn bridge(io: tokio::io::DuplexStream) -> Self {
+        Self::new(Io::Bridge(io))
+    }
+
     fn new(io: Io) -> Self {
         Self {
             io,
@@ -97,6 +105,7 @@ impl Transport {
         let result = match &mut self.io {
             Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Bridge(s) => Pin::new(s).poll_read(cx, buf),
         };
         if result.is_ready() {
             self.scan.feed(&buf.filled()[before..]);
@@ -139,6 +148,7 @@ impl AsyncWrite for Transport {
         let result = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_write(cx, data),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+            Io::Bridge(s) => Pin::new(s).poll_write(cx, data),
         };
         this.after_write(cx, result)
     }
@@ -152,6 +162,7 @@ impl AsyncWrite for Transport {
         let result = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            Io::Bridge(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         };
         this.after_write(cx, result)
     }
@@ -160,6 +171,7 @@ impl AsyncWrite for Transport {
         match &self.io {
             Io::Plain(s) => s.is_write_vectored(),
             Io::Tls(s) => s.is_write_vectored(),
+            Io::Bridge(s) => s.is_write_vectored(),
         }
     }
 
@@ -168,6 +180,7 @@ impl AsyncWrite for Transport {
         let result = match &mut this.io {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Bridge(s) => Pin::new(s).poll_flush(cx),
         };
         this.after_write(cx, result)
     }
@@ -176,6 +189,7 @@ impl AsyncWrite for Transport {
         match &mut self.get_mut().io {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Bridge(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
