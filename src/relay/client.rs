@@ -198,10 +198,15 @@ impl ClientHandler {
         // This leg first: the backend may answer as soon as the request
         // headers leave, and its answer must find this leg open.
         side.lock().open(stream, upstream.clone(), 0);
-        let opened =
-            upstream
-                .lock()
-                .open_next(side.clone(), stream, &self.upstream_fields, end_stream, received, probe, Some(slot));
+        let opened = upstream.lock().open_next(
+            side.clone(),
+            stream,
+            &self.upstream_fields,
+            end_stream,
+            received,
+            probe,
+            Some(slot),
+        );
         let Some(upstream_stream) = opened else {
             side.lock().remove(stream);
             cluster.give_back(&endpoint, probe);

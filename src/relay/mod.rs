@@ -9,9 +9,11 @@
 //! - `side`: each connection's shared send side: output, HPACK encoder,
 //!   stream table, flow control, call timers.
 //! - `conn`: the task of one connection, client or upstream.
-//! - `client`: a client connection's calls: routed and relayed, or handed to
-//!   the h2 path in-process. [`upstream`]: the relay's connections to an
-//!   endpoint.
+//! - `client`: a client connection's calls: routed and relayed (and sent
+//!   elsewhere when a backend refuses them unprocessed), or handed to the h2
+//!   path in-process. [`upstream`]: the connections to an endpoint, which
+//!   its pool opens and owns, and the bridge the pool's h2 client uses onto
+//!   them.
 
 mod client;
 mod conn;
@@ -23,9 +25,10 @@ pub(crate) mod upstream;
 pub(crate) use client::serve;
 pub(crate) use side::Side;
 
-/// Whether HTTP/2 client connections go through the relay. Until it does
-/// everything the h2 path does (`docs/relay.md`), only this environment
-/// variable turns it on, for its tests and benchmarks.
+/// Whether HTTP/2 client connections go through the relay, and upstream
+/// connections are relay connections. Until it does everything the h2 path
+/// does (`docs/relay.md`), only this environment variable turns it on, for
+/// its tests and benchmarks.
 pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::LazyLock<bool> =
         std::sync::LazyLock::new(|| std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1"));

@@ -460,7 +460,10 @@ impl SideState {
     /// Opens the upstream leg of a call with the next stream id, sending
     /// its request headers now, under this lock, so ids and HPACK state go
     /// out in order. `None` when the connection takes no more streams.
-    #[allow(clippy::too_many_arguments, reason = "one call per relayed stream, each argument its own")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call per relayed stream, each argument its own"
+    )]
     pub(crate) fn open_next(
         &mut self,
         peer: Arc<Side>,

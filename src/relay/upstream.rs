@@ -113,14 +113,10 @@ pub(crate) async fn open(
         drain(&upstream, Reason::NO_ERROR);
     });
     match is_ready.await {
-        Ok(()) => Ok((
-            far,
-            RelayLink {
-                side,
-                peer_max_streams,
-            },
+        Ok(()) => Ok((far, RelayLink { side, peer_max_streams })),
+        Err(_) => Err(format!(
+            "upstream {target} closed the connection during the HTTP/2 handshake"
         )),
-        Err(_) => Err(format!("upstream {target} closed the connection during the HTTP/2 handshake")),
     }
 }
 
@@ -392,10 +388,10 @@ impl Handler for BridgeHandler {
         }
         self.last_opened = stream;
         side.lock().open(stream, self.upstream.clone(), 0);
-        let opened = self
-            .upstream
-            .lock()
-            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
+        let opened =
+            self.upstream
+                .lock()
+                .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
         let mut state = side.lock();
         match opened {
             Some(upstream_stream) => {

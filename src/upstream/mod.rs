@@ -32,12 +32,12 @@ use http::uri::{Authority, Scheme};
 use tokio::sync::Notify;
 
 pub(crate) use call::{Deadline, FAR_FUTURE, Outcome, StallLimit, UpstreamBody};
+pub use discovery::{Resolve, SystemResolver};
 pub(crate) use endpoint::Endpoint;
 pub(crate) use limits::Admitted;
+pub(crate) use limits::OVERLOADED_HEADER;
 pub(crate) use pool::{PoolSettings, Slot, keepalive_message};
 pub(crate) use transport::Transport;
-pub use discovery::{Resolve, SystemResolver};
-pub(crate) use limits::OVERLOADED_HEADER;
 
 use self::balancer::Balancer;
 use self::clock::Clock;
@@ -296,7 +296,6 @@ impl Cluster {
     pub(crate) fn max_replay_buffer(&self) -> usize {
         self.max_replay_buffer
     }
-
 
     pub(crate) fn has_endpoint_in_service(&self) -> bool {
         let now = self.clock.now_nanos();

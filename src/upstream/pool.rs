@@ -12,6 +12,11 @@
 //! it has no call left. Nothing here ever cuts a call that is in flight,
 //! except a keepalive PING that goes unanswered (the connection is dead).
 //!
+//! With the HTTP/2 frame relay on, each connection is a relay connection
+//! (`relay::upstream`): relayed calls take slots here without waiting, and
+//! the h2 client of each connection speaks to the relay's in-process bridge
+//! instead of the socket, so an endpoint has one set of connections.
+//!
 //! This module owns sockets and HTTP/2 state; it knows nothing of routes,
 //! balancing or gRPC.
 
@@ -573,7 +578,11 @@ type Connected = (
 /// SETTINGS (a PING round trip), so the first calls see its stream limit.
 /// With the relay on, the connection is the relay's, and the h2 client
 /// speaks to it through the relay's in-process bridge.
-async fn connect(target: &Arc<str>, settings: &PoolSettings, endpoint: Weak<super::Endpoint>) -> Result<Connected, String> {
+async fn connect(
+    target: &Arc<str>,
+    settings: &PoolSettings,
+    endpoint: Weak<super::Endpoint>,
+) -> Result<Connected, String> {
     let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
     let (transport, relay) = match crate::relay::enabled() {
         true => {
