@@ -434,32 +434,9 @@ impl Handler for ClientHandler {
         fields: &Fields,
         wakes: &mut Wakes,
     ) -> Result<(), FrameError> {
-        let link = side
-            .lock()
-            .half(stream)
-            .map(|half| (half.peer.clone(), half.peer_stream));
-        if let Some((peer, peer_stream)) = link {
-            // Trailers on a request: they end it.
-            if !end_stream {
-                return Err(FrameError {
-                    reason: Reason::PROTOCOL_ERROR,
-                    stream: Some(stream),
-                    what: "a second header block that does not end the stream",
-                });
-            }
-            side.lock().received_end(stream);
-            peer.lock().send_headers(peer_stream, fields, true);
-            wakes.add(&peer);
+        if !conn::request_headers(side, stream, end_stream, fields, &mut self.last_opened, wakes)? {
             return Ok(());
         }
-        if stream.is_multiple_of(2) || stream <= self.last_opened {
-            return Err(FrameError {
-                reason: Reason::PROTOCOL_ERROR,
-                stream: None,
-                what: "HEADERS on a stream id the client may not open",
-            });
-        }
-        self.last_opened = stream;
         {
             let mut state = side.lock();
             if state.draining || state.stream_count() >= self.max_streams as usize {

@@ -451,3 +451,43 @@ fn flow_error(error: FlowError) -> FrameError {
         what: error.what,
     }
 }
+
+/// A header block on a connection where this end is the server: on a stream
+/// already open, the request's trailers, which end it (passed on to the
+/// other leg); otherwise a new stream, whose id must be odd and above every
+/// one before (`last_opened`, updated). `Ok(true)`: a new stream to open.
+pub(crate) fn request_headers(
+    side: &Arc<Side>,
+    stream: u32,
+    end_stream: bool,
+    fields: &Fields,
+    last_opened: &mut u32,
+    wakes: &mut Wakes,
+) -> Result<bool, FrameError> {
+    let link = side
+        .lock()
+        .half(stream)
+        .map(|half| (half.peer.clone(), half.peer_stream));
+    if let Some((peer, peer_stream)) = link {
+        if !end_stream {
+            return Err(FrameError {
+                reason: Reason::PROTOCOL_ERROR,
+                stream: Some(stream),
+                what: "a second header block that does not end the stream",
+            });
+        }
+        side.lock().received_end(stream);
+        peer.lock().send_headers(peer_stream, fields, true);
+        wakes.add(&peer);
+        return Ok(false);
+    }
+    if stream.is_multiple_of(2) || stream <= *last_opened {
+        return Err(FrameError {
+            reason: Reason::PROTOCOL_ERROR,
+            stream: None,
+            what: "HEADERS on a stream id the client may not open",
+        });
+    }
+    *last_opened = stream;
+    Ok(true)
+}

@@ -368,25 +368,9 @@ impl Handler for BridgeHandler {
         fields: &Fields,
         wakes: &mut Wakes,
     ) -> Result<(), FrameError> {
-        let link = side
-            .lock()
-            .half(stream)
-            .map(|half| (half.peer.clone(), half.peer_stream));
-        if let Some((peer, peer_stream)) = link {
-            // Request trailers: they end it.
-            side.lock().received_end(stream);
-            peer.lock().send_headers(peer_stream, fields, true);
-            wakes.add(&peer);
+        if !conn::request_headers(side, stream, end_stream, fields, &mut self.last_opened, wakes)? {
             return Ok(());
         }
-        if stream.is_multiple_of(2) || stream <= self.last_opened {
-            return Err(FrameError {
-                reason: Reason::PROTOCOL_ERROR,
-                stream: None,
-                what: "HEADERS on a stream id the client may not open",
-            });
-        }
-        self.last_opened = stream;
         side.lock().open(stream, self.upstream.clone(), 0);
         let opened =
             self.upstream
