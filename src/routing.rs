@@ -55,7 +55,8 @@ pub(crate) struct RouteTarget {
 
 /// Routes resolved against the method registry.
 pub(crate) struct RouteTable {
-    known: HashMap<String, Arc<RouteTarget>>,
+    /// Looked up on every call, by the client's `:path` (a keyed hash).
+    known: HashMap<String, Arc<RouteTarget>, foldhash::quality::RandomState>,
     /// For methods the descriptors do not know: (matcher, target with `kind: None`).
     ordered: Vec<(RouteMatch, Arc<RouteTarget>)>,
 }
@@ -118,7 +119,7 @@ impl RouteTable {
             };
             ordered.push((matcher, Arc::new(target)));
         }
-        let mut known = HashMap::new();
+        let mut known = HashMap::default();
         for method in registry.methods() {
             if let Some((_, target)) = ordered
                 .iter()

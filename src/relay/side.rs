@@ -84,7 +84,7 @@ impl Side {
                 window: i64::from(DEFAULT_WINDOW),
                 initial_window: i64::from(DEFAULT_WINDOW),
                 max_frame: DEFAULT_MAX_FRAME_SIZE as usize,
-                streams: HashMap::new(),
+                streams: HashMap::default(),
                 blocked: VecDeque::new(),
                 closed: false,
                 receive,
@@ -171,7 +171,7 @@ pub(crate) struct SideState {
     initial_window: i64,
     /// The peer's SETTINGS_MAX_FRAME_SIZE.
     max_frame: usize,
-    streams: HashMap<u32, Half>,
+    streams: HashMap<u32, Half, foldhash::quality::RandomState>,
     /// Streams with data queued for lack of connection window, oldest first.
     blocked: VecDeque<u32>,
     /// The connection is gone: nothing more is written.

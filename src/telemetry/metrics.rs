@@ -75,7 +75,8 @@ pub(crate) struct CallMetrics {
     received: Family<CallLabels, Counter>,
     sent: Family<CallLabels, Counter>,
     /// Pre-resolved handles per method path, one per protocol.
-    methods: HashMap<String, [Arc<MethodHandles>; 3]>,
+    /// Looked up on every call, by the client's `:path` (a keyed hash).
+    methods: HashMap<String, [Arc<MethodHandles>; 3], foldhash::quality::RandomState>,
     unknown: [Arc<MethodHandles>; 3],
 }
 
@@ -163,7 +164,7 @@ impl CallMetrics {
             latency,
             received,
             sent,
-            methods: HashMap::new(),
+            methods: HashMap::default(),
         };
         metrics.unknown = Protocol::ALL.map(|p| Arc::new(metrics.handles(p, "unknown", "unknown", None)));
         for method in methods.methods() {
