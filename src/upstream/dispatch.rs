@@ -156,7 +156,7 @@ impl Cluster {
             };
             match head_result {
                 Ok(Ok(response)) => {
-                    guard.endpoint().observe_rtt(&self.clock, started.elapsed());
+                    guard.endpoint().observe_rtt_since(started);
                     // Most answers carry no status in their headers: read the
                     // whole status only when there is one.
                     let headers_status =

@@ -162,12 +162,10 @@ impl Endpoint {
 
     /// Records the round trip of a call sent at `sent`, answered now.
     pub(crate) fn observe_rtt_since(&self, sent: tokio::time::Instant) {
-        self.observe_rtt(&self.clock, sent.elapsed());
-    }
-
-    /// Records the time from sending a call to its response headers.
-    pub(crate) fn observe_rtt(&self, clock: &Clock, rtt: Duration) {
-        self.rtt.observe(clock.now_nanos(), rtt.as_nanos() as f64);
+        // One clock read for both the round trip and when it was seen.
+        let now = tokio::time::Instant::now();
+        let rtt = now.saturating_duration_since(sent);
+        self.rtt.observe(self.clock.nanos_at(now), rtt.as_nanos() as f64);
     }
 
     /// The current latency estimate (decayed to now).
