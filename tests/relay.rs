@@ -281,3 +281,33 @@ async fn one_connection_carries_relayed_calls_and_calls_for_the_h2_path() {
     }
     assert_eq!(backend.calls(), 3);
 }
+
+/// With the relay on, an endpoint has one set of connections: its pool
+/// opens relay connections, relayed calls take their stream slots, and
+/// the h2 path's calls (gRPC-Web here) reach the backend over
+/// the same connection through the relay's in-process bridge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_and_h2_path_calls_share_one_connection_per_endpoint() {
+    use support::grpc_web_client::{Transport, WebClient, WebEncoding};
+    let backend = support::faults::FaultBackend::start("b1").await;
+    let (_dir, gateway) = relay_gateway(&[backend.addr]);
+    let mut native = client(gateway.addr).await;
+    let mut web = WebClient::connect(gateway.addr, Transport::Http1, WebEncoding::Binary).await;
+    for round in 0..10 {
+        native.unary(echo("native")).await.unwrap();
+        let reply = web.unary(echo("web")).await;
+        let status = reply.trailers.as_ref().and_then(|t| t.get("grpc-status"));
+        assert_eq!(
+            status.map(|v| v.as_bytes()),
+            Some(&b"0"[..]),
+            "round {round}: {:?}",
+            reply.headers
+        );
+    }
+    assert_eq!(backend.calls(), 20);
+    assert_eq!(
+        backend.connections(),
+        1,
+        "native gRPC and gRPC-Web calls should share one connection"
+    );
+}
