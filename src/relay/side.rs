@@ -45,6 +45,10 @@ pub(crate) enum Role {
     Upstream,
 }
 
+/// How old a request must be before its cancel goes out (see
+/// [`SideState::fail`]).
+pub(crate) const HOLD_YOUNG_RESETS: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most bytes of frames a connection holds for its socket (`out` plus what
 /// its task took but has not written): data beyond it waits in its
 /// stream's queue, uncredited, so a peer that stops reading stops its
@@ -91,6 +95,7 @@ impl Side {
                 owed: 0,
                 refused: Vec::new(),
                 refuse_with_reset: false,
+                held_resets: VecDeque::new(),
                 last_opened: 0,
                 spare_replays: Vec::new(),
             }),
@@ -191,6 +196,9 @@ pub(crate) struct SideState {
     /// The highest stream id opened on this side (the peer's, for a client
     /// connection), for a GOAWAY.
     last_opened: u32,
+    /// Resets of streams cancelled moments after they opened, and when
+    /// each goes out (see [`SideState::fail`]).
+    held_resets: VecDeque<(Instant, u32)>,
     /// Replay buffers of answered calls, for the next calls to reuse.
     #[allow(clippy::vec_box, reason = "the boxes move into calls and back, never reallocated")]
     spare_replays: Vec<Box<Replay>>,
@@ -392,6 +400,8 @@ impl SideState {
     pub(crate) fn close(&mut self) -> Vec<(u32, Half)> {
         self.closed = true;
         self.blocked.clear();
+        // The connection's end cancels them all.
+        self.held_resets.clear();
         let halves: Vec<(u32, Half)> = self.streams.drain().collect();
         if let Some(endpoint) = self.endpoint.upgrade() {
             for (_, half) in halves.iter().filter(|(_, half)| half.slot.is_some()) {
@@ -611,6 +621,26 @@ impl SideState {
         }
     }
 
+    /// Writes the held resets that are due by `now`; returns when the next
+    /// one is.
+    pub(crate) fn release_held_resets(&mut self, now: Instant) -> Option<Instant> {
+        while let Some(&(due, stream)) = self.held_resets.front() {
+            if due > now {
+                return Some(due);
+            }
+            self.held_resets.pop_front();
+            if !self.closed {
+                frame::write_rst_stream(&mut self.out, stream, Reason::CANCEL);
+            }
+        }
+        None
+    }
+
+    /// When the next held reset is due.
+    pub(crate) fn next_held_reset(&self) -> Option<Instant> {
+        self.held_resets.front().map(|(due, _)| *due)
+    }
+
     /// The calls waiting to be sent elsewhere.
     pub(crate) fn take_refused(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.refused)
@@ -627,8 +657,24 @@ impl SideState {
     pub(crate) fn fail(&mut self, stream: u32, status: &Status) -> Option<Half> {
         if self.role == Role::Upstream {
             // The client's side ended the call: not the backend's doing.
-            if let Some(half) = self.streams.get_mut(&stream) {
-                half.outcome = Outcome::Neutral;
+            let half = self.streams.get_mut(&stream)?;
+            half.outcome = Outcome::Neutral;
+            // A call cancelled moments after its request went out (and not
+            // answered yet): its reset waits until the request is
+            // `HOLD_YOUNG_RESETS` old, so that a backend reads it after it
+            // took the stream. A burst of such resets (a client resetting
+            // every call at once) would otherwise reach it with the
+            // requests still in its accept queue, which an h2 server counts
+            // against the connection (ENHANCE_YOUR_CALM).
+            if let Some(sent) = half.sent_at
+                && sent.elapsed() < HOLD_YOUNG_RESETS
+            {
+                // Its slot is freed now: holding it until the reset goes out
+                // sent more of a burst's calls through the h2 path and
+                // tripped the backend more often, not less.
+                let half = self.remove(stream)?;
+                self.held_resets.push_back((sent + HOLD_YOUNG_RESETS, stream));
+                return Some(half);
             }
             return self.reset(stream, Reason::CANCEL);
         }

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use bytes::{Bytes, BytesMut};
 
 use super::*;
@@ -398,4 +400,35 @@ fn a_resent_request_credits_only_what_was_not_credited_before() {
         .lock()
         .send_data(3, Bytes::from(vec![0; 25]), true, &mut credits);
     assert_eq!(credited(&mut credits), [(1, 15)]);
+}
+
+#[test]
+fn a_cancel_moments_after_the_request_went_out_is_held_back_until_it_is_older() {
+    let upstream_pair = || {
+        let client = Side::new(Role::Client, WINDOWS, std::sync::Weak::new());
+        let upstream = Side::new(Role::Upstream, WINDOWS, std::sync::Weak::new());
+        client.lock().open(1, upstream.clone(), 3);
+        upstream.lock().open(3, client.clone(), 1);
+        (client, upstream)
+    };
+    let (_client, upstream) = upstream_pair();
+    let sent = Instant::now();
+    upstream.lock().half_mut(3).unwrap().sent_at = Some(sent);
+    let status = Status::new(Code::Cancelled, "the client cancelled the call");
+    assert!(upstream.lock().fail(3, &status).is_some(), "the leg is gone at once");
+    assert_eq!(upstream.lock().stream_count(), 0);
+    assert!(written(&upstream, &mut decoder()).is_empty(), "its reset waits");
+    let due = upstream.lock().next_held_reset().unwrap();
+    assert_eq!(due, sent + HOLD_YOUNG_RESETS);
+    assert_eq!(
+        upstream.lock().release_held_resets(due - Duration::from_millis(1)),
+        Some(due)
+    );
+    assert!(written(&upstream, &mut decoder()).is_empty());
+    assert_eq!(upstream.lock().release_held_resets(due), None);
+    assert_eq!(written(&upstream, &mut decoder()), ["RST_STREAM 3 CANCEL"]);
+    // An answered call (or one sent long ago) is reset at once.
+    let (_client, upstream) = upstream_pair();
+    upstream.lock().fail(3, &status);
+    assert_eq!(written(&upstream, &mut decoder()), ["RST_STREAM 3 CANCEL"]);
 }
