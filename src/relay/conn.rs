@@ -114,6 +114,10 @@ where
     };
     let mut unwritten: Vec<u8> = Vec::new();
     let mut written = 0;
+    // Resets held back (see `SideState::fail`): when the next one is due,
+    // read while the side is locked anyway, and the timer for it.
+    let mut held_due: Option<tokio::time::Instant> = None;
+    let mut held_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         side.register(cx.waker());
         loop {
@@ -124,6 +128,7 @@ where
                 written = 0;
                 let mut state = side.lock();
                 std::mem::swap(&mut unwritten, &mut state.out);
+                held_due = state.next_held_reset();
                 // Counted at once, so other tasks see the room it takes.
                 let backlog = unwritten.len();
                 state.set_backlog(backlog, &mut reader.credits);
@@ -176,6 +181,18 @@ where
             }
             if handler.poll_timers(&side, cx, &mut reader.wakes) {
                 progress = true;
+            }
+            if let Some(due) = held_due {
+                if held_timer.as_ref().is_none_or(|timer| timer.deadline() != due) {
+                    held_timer = Some(Box::pin(tokio::time::sleep_until(due)));
+                }
+                if let Some(timer) = &mut held_timer
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    held_timer = None;
+                    held_due = side.lock().release_held_resets(tokio::time::Instant::now());
+                    progress = true;
+                }
             }
             reader.wakes.wake_all();
             if !progress {

@@ -78,7 +78,6 @@ pub(crate) async fn open(
         keepalive: Some(Keepalive::new(settings)),
         calm: false,
         bridge: Some(Arc::downgrade(&bridge)),
-        held: None,
     };
     let limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
@@ -197,8 +196,6 @@ struct UpstreamHandler {
     calm: bool,
     /// The pool's bridge onto this connection, told of the backend's GOAWAY.
     bridge: Option<Weak<Side>>,
-    /// Fires when the next held reset is due.
-    held: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl UpstreamHandler {
@@ -330,25 +327,11 @@ impl Handler for UpstreamHandler {
     }
 
     fn poll_timers(&mut self, side: &Arc<Side>, cx: &mut Context<'_>, wakes: &mut Wakes) -> bool {
-        let mut released = false;
-        let next_held = side.lock().next_held_reset();
-        if let Some(due) = next_held {
-            if self.held.as_ref().is_none_or(|held| held.deadline() != due) {
-                self.held = Some(Box::pin(tokio::time::sleep_until(due)));
-            }
-            if let Some(held) = &mut self.held
-                && held.as_mut().poll(cx).is_ready()
-            {
-                self.held = None;
-                side.lock().release_held_resets(Instant::now());
-                released = true;
-            }
-        }
         let Some(keepalive) = &mut self.keepalive else {
-            return released;
+            return false;
         };
         match keepalive.poll(side, cx) {
-            Ok(pinged) => pinged || released,
+            Ok(pinged) => pinged,
             Err(waited) => {
                 tracing::info!(target = %self.target, ?waited, "relay connection dead: keepalive ping unanswered");
                 self.close_bridge();
@@ -456,7 +439,6 @@ where
         target: Arc::from("the gateway"),
         calm: false,
         bridge: None,
-        held: None,
     };
     let limits = ReadLimits {
         max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
