@@ -89,7 +89,6 @@ pub(crate) async fn serve<IO>(
 const MAX_ATTEMPTS: usize = 5;
 
 /// The next attempt of a call a backend refused unprocessed.
-#[derive(Clone)]
 struct Attempt {
     fields: Fields,
     data: Vec<bytes::Bytes>,
@@ -332,8 +331,7 @@ impl ClientHandler {
             return;
         };
         wakes.add(side);
-        let Some((upstream, upstream_stream, endpoint)) = self.open_elsewhere(side, stream, attempt.clone(), wakes)
-        else {
+        let Some((upstream, upstream_stream, endpoint)) = self.open_elsewhere(side, stream, &attempt, wakes) else {
             side.lock().fail(stream, &attempt.why);
             return;
         };
@@ -357,7 +355,7 @@ impl ClientHandler {
         &mut self,
         side: &Arc<Side>,
         stream: u32,
-        attempt: Attempt,
+        attempt: &Attempt,
         wakes: &mut Wakes,
     ) -> Option<(Arc<Side>, u32, Arc<Endpoint>)> {
         if attempt.tried.len() >= MAX_ATTEMPTS {
@@ -404,8 +402,13 @@ impl ClientHandler {
             half.credited_before = attempt.credited;
         }
         let chunks = attempt.data.len();
-        for (i, chunk) in attempt.data.into_iter().enumerate() {
-            state.send_data(upstream_stream, chunk, attempt.ended && i + 1 == chunks, &mut credits);
+        for (i, chunk) in attempt.data.iter().enumerate() {
+            state.send_data(
+                upstream_stream,
+                chunk.clone(),
+                attempt.ended && i + 1 == chunks,
+                &mut credits,
+            );
         }
         drop(state);
         for credit in credits {
