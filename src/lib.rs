@@ -200,6 +200,7 @@ mod status;
 mod telemetry;
 pub mod tls;
 mod transcode;
+mod turn;
 mod upstream;
 
 #[cfg(feature = "demo")]

@@ -119,6 +119,8 @@ where
     let mut held_due: Option<tokio::time::Instant> = None;
     let mut held_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
+        // Everything this poll does sees one time (`crate::turn`).
+        let _turn = crate::turn::Turn::start();
         side.register(cx.waker());
         loop {
             let mut progress = false;
@@ -190,7 +192,7 @@ where
                     && timer.as_mut().poll(cx).is_ready()
                 {
                     held_timer = None;
-                    held_due = side.lock().release_held_resets(tokio::time::Instant::now());
+                    held_due = side.lock().release_held_resets(crate::turn::now());
                     progress = true;
                 }
             }

@@ -667,7 +667,7 @@ impl SideState {
             // requests still in its accept queue, which an h2 server counts
             // against the connection (ENHANCE_YOUR_CALM).
             if let Some(sent) = half.sent_at
-                && sent.elapsed() < HOLD_YOUNG_RESETS
+                && crate::turn::now().saturating_duration_since(sent) < HOLD_YOUNG_RESETS
             {
                 // Its slot is freed now: holding it until the reset goes out
                 // sent more of a burst's calls through the h2 path and
@@ -805,7 +805,7 @@ impl SideState {
     /// Notes data moving on a stream with an idle limit.
     fn touch(half: &mut Half) {
         if half.idle.is_some() {
-            half.last_activity = Some(Instant::now());
+            half.last_activity = Some(crate::turn::now());
         }
     }
 

@@ -372,10 +372,15 @@ impl Handler for BridgeHandler {
             return Ok(());
         }
         side.lock().open(stream, self.upstream.clone(), 0);
-        let opened =
-            self.upstream
-                .lock()
-                .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
+        let opened = self.upstream.lock().open_next(
+            side.clone(),
+            stream,
+            fields,
+            end_stream,
+            crate::turn::now(),
+            false,
+            None,
+        );
         let mut state = side.lock();
         match opened {
             Some(upstream_stream) => {

@@ -85,8 +85,8 @@ pub(crate) fn emit(entry: &Entry<'_>) {
         };
         line.clear();
         match direct.format {
-            LineFormat::Text => format_text(&mut line, SystemTime::now(), entry),
-            LineFormat::Json => format_json(&mut line, SystemTime::now(), entry),
+            LineFormat::Text => format_text(&mut line, crate::turn::wall_now(), entry),
+            LineFormat::Json => format_json(&mut line, crate::turn::wall_now(), entry),
         }
         (direct.write)(line.as_bytes());
     });

@@ -295,7 +295,7 @@ pub(crate) fn refused(
             // The client's trace, so its refused call can be found by trace id.
             trace: trace::continued(headers),
             streaming: false,
-            started: std::time::Instant::now(),
+            started: crate::turn::now().into_std(),
         },
     );
     record.set_http_status(http_status);

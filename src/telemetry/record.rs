@@ -176,7 +176,7 @@ impl State {
             return;
         }
         self.telemetry.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let elapsed = self.started.elapsed();
+        let elapsed = crate::turn::now().into_std().saturating_duration_since(self.started);
         if self.telemetry.metrics {
             self.handles.finish(code, elapsed);
         }

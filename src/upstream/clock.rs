@@ -16,7 +16,7 @@ impl Clock {
     }
 
     pub(crate) fn now_nanos(&self) -> u64 {
-        self.nanos_at(Instant::now())
+        self.nanos_at(crate::turn::now())
     }
 
     pub(crate) fn nanos_at(&self, at: Instant) -> u64 {

@@ -163,7 +163,7 @@ impl Endpoint {
     /// Records the round trip of a call sent at `sent`, answered now.
     pub(crate) fn observe_rtt_since(&self, sent: tokio::time::Instant) {
         // One clock read for both the round trip and when it was seen.
-        let now = tokio::time::Instant::now();
+        let now = crate::turn::now();
         let rtt = now.saturating_duration_since(sent);
         self.rtt.observe(self.clock.nanos_at(now), rtt.as_nanos() as f64);
     }
