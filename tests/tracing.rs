@@ -39,6 +39,14 @@ async fn the_backend_sees_a_child_of_the_clients_span() {
     // Without a traceparent and without a collector, no trace is started.
     let seen = client.unary(echo("untraced")).await.unwrap().into_inner().metadata;
     assert!(!seen.contains_key("traceparent"));
+    // An invalid one (an all-zero parent) is not passed on; the call is served.
+    let mut request = tonic::Request::new(echo("bad trace"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-0000000000000000-01").parse().unwrap(),
+    );
+    let seen = client.unary(request).await.unwrap().into_inner().metadata;
+    assert!(!seen.contains_key("traceparent"), "{seen:?}");
 }
 
 /// A fake OTLP/HTTP collector that keeps every request body.

@@ -22,6 +22,7 @@ use crate::routing::Upstream;
 use crate::server::Limits;
 use crate::server::resets::{is_early_reset, too_many};
 use crate::status::{Code, Status};
+use crate::telemetry::trace::{self, TraceContext};
 use crate::telemetry::{CallRecord, CallStart, Protocol, Served};
 use crate::upstream::{Deadline, Endpoint, Outcome};
 
@@ -165,12 +166,14 @@ impl ClientHandler {
         if cluster.retries_answers() {
             return false;
         }
-        // A traced call needs the gateway's spans and a rewritten
-        // `traceparent`: the h2 path does that.
-        if self.gateway.telemetry().exporter.is_some() || fields.get(b"traceparent").is_some() {
+        // Exported spans (per call and per attempt) are the h2 path's work.
+        if self.gateway.telemetry().exporter.is_some() {
             return false;
         }
-        let received = Instant::now();
+        // A client's trace is continued as on the h2 path: the gateway's span
+        // becomes the backend's parent, and an invalid `traceparent` is dropped.
+        let trace = fields.get(b"traceparent").and_then(trace::continued_from);
+        let received = crate::turn::now();
         let client_timeout = match fields.get(b"grpc-timeout").map(crate::grpc_timeout::parse) {
             None => None,
             Some(Ok(timeout)) => Some(timeout),
@@ -190,10 +193,11 @@ impl ClientHandler {
         };
         let idle = streaming.then_some(target.stream_idle_timeout);
         let deadline = crate::passthrough::deadline(received, client_timeout, (!streaming).then_some(target.timeout));
-        // What is left of the deadline as it leaves (a clock read only for
-        // calls that have one).
+        // What is left of the deadline as it leaves: read from the clock,
+        // not the turn's time, so the time the call spent here counts (a
+        // clock read only for calls that have a deadline).
         let remaining = deadline.map(|d| d.at.saturating_duration_since(Instant::now()));
-        forwarded_fields(&mut self.upstream_fields, &self.info, fields, remaining);
+        forwarded_fields(&mut self.upstream_fields, &self.info, fields, remaining, trace.as_ref());
         // This leg first: the backend may answer as soon as the request
         // headers leave, and its answer must find this leg open.
         side.lock().open(stream, upstream.clone(), 0);
@@ -220,7 +224,7 @@ impl ClientHandler {
                 http_path: path,
                 client: self.info.remote,
                 peer: None,
-                trace: None,
+                trace,
                 streaming,
                 started: received.into_std(),
             },
@@ -280,9 +284,15 @@ impl ClientHandler {
             }
         };
         side.lock().open(stream, fallback.clone(), 0);
-        let opened = fallback
-            .lock()
-            .open_next(side.clone(), stream, fields, end_stream, Instant::now(), false, None);
+        let opened = fallback.lock().open_next(
+            side.clone(),
+            stream,
+            fields,
+            end_stream,
+            crate::turn::now(),
+            false,
+            None,
+        );
         let mut state = side.lock();
         match opened {
             Some(fallback_stream) => {
@@ -371,7 +381,7 @@ impl ClientHandler {
             cluster.give_back(&endpoint, probe);
             return None;
         };
-        let now = Instant::now();
+        let now = crate::turn::now();
         // The headers as first sent, with what is left of the deadline now.
         self.upstream_fields.clear();
         for (name, value) in attempt.fields.iter().filter(|(name, _)| *name != b"grpc-timeout") {
@@ -480,7 +490,13 @@ impl Handler for ClientHandler {
         let Some((opened, declared)) = half.opened else {
             return;
         };
-        if half.end_sent || !is_early_reset(opened.elapsed(), self.limits.premature_reset_min_lifetime, declared) {
+        if half.end_sent
+            || !is_early_reset(
+                crate::turn::now().saturating_duration_since(opened),
+                self.limits.premature_reset_min_lifetime,
+                declared,
+            )
+        {
             return;
         }
         self.early_resets += 1;
@@ -552,7 +568,7 @@ impl Handler for ClientHandler {
             return resent;
         }
         self.armed = None;
-        let expired = side.lock().expired(Instant::now());
+        let expired = side.lock().expired(crate::turn::now());
         for (stream, expiry) in expired {
             let (status, outcome) = match expiry {
                 Expiry::Deadline { from_client: true } => (
@@ -596,15 +612,22 @@ fn ending(side: &Side) -> bool {
 }
 
 /// The client's headers as the backend gets them: without fields that
-/// belong to one hop, with `x-forwarded-for` and `x-forwarded-proto`.
-fn forwarded_fields(out: &mut Fields, info: &ConnInfo, fields: &Fields, remaining: Option<Duration>) {
+/// belong to one hop, with `x-forwarded-for` and `x-forwarded-proto`, and
+/// `traceparent` naming the gateway's span.
+fn forwarded_fields(
+    out: &mut Fields,
+    info: &ConnInfo,
+    fields: &Fields,
+    remaining: Option<Duration>,
+    trace: Option<&TraceContext>,
+) {
     out.clear();
     let client = info.forwarded_for.as_ref().map(|v| v.as_bytes());
     let mut had_forwarded_for = false;
     for (name, value) in fields.iter() {
         match name {
             b"connection" | b"keep-alive" | b"proxy-connection" | b"transfer-encoding" | b"upgrade"
-            | b"x-forwarded-proto" | b"grpc-timeout" => {}
+            | b"x-forwarded-proto" | b"grpc-timeout" | b"traceparent" => {}
             b"te" if value != b"trailers" => {}
             b"x-forwarded-for" => {
                 had_forwarded_for = true;
@@ -622,5 +645,78 @@ fn forwarded_fields(out: &mut Fields, info: &ConnInfo, fields: &Fields, remainin
     out.push(b"x-forwarded-proto", info.scheme.as_bytes());
     if let Some(remaining) = remaining {
         out.push(b"grpc-timeout", crate::grpc_timeout::encode(remaining).as_bytes());
+    }
+    if let Some(trace) = trace {
+        out.push(b"traceparent", &trace::upstream_traceparent(trace));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarded(fields: &[(&str, &str)], trace: Option<&TraceContext>) -> Vec<(String, String)> {
+        let mut client = Fields::default();
+        for (name, value) in fields {
+            client.push(name.as_bytes(), value.as_bytes());
+        }
+        let info = ConnInfo::new(Some("192.0.2.7:4000".parse().unwrap()), false);
+        let mut out = Fields::default();
+        forwarded_fields(&mut out, &info, &client, Some(Duration::from_millis(250)), trace);
+        out.iter()
+            .map(|(n, v)| (String::from_utf8_lossy(n).into(), String::from_utf8_lossy(v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn the_backend_gets_the_gateways_span_as_parent_and_no_hop_fields() {
+        let client_parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let trace = trace::continued_from(client_parent.as_bytes()).unwrap();
+        let out = forwarded(
+            &[
+                (":path", "/a.B/C"),
+                ("traceparent", client_parent),
+                ("tracestate", "vendor=x"),
+                ("grpc-timeout", "1S"),
+                ("connection", "close"),
+                ("te", "trailers"),
+            ],
+            Some(&trace),
+        );
+        let get = |name: &str| {
+            out.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        let traceparent = get("traceparent");
+        assert_eq!(traceparent.len(), 1, "{out:?}");
+        assert!(traceparent[0].starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert_ne!(
+            &traceparent[0][36..52],
+            "00f067aa0ba902b7",
+            "the gateway's span is the parent"
+        );
+        assert!(traceparent[0].ends_with("-01"));
+        assert_eq!(get("tracestate"), ["vendor=x"]);
+        let timeout = get("grpc-timeout");
+        assert_eq!(timeout.len(), 1, "{out:?}");
+        assert_eq!(
+            crate::grpc_timeout::parse(timeout[0].as_bytes()).ok(),
+            Some(Duration::from_millis(250)),
+            "the time left, not the client's"
+        );
+        assert_eq!(get("connection"), Vec::<&str>::new());
+        assert_eq!(get("te"), ["trailers"]);
+        assert_eq!(get("x-forwarded-for"), ["192.0.2.7"]);
+        assert_eq!(get("x-forwarded-proto"), ["http"]);
+    }
+
+    #[test]
+    fn an_invalid_traceparent_is_not_passed_on() {
+        let invalid = "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01";
+        assert!(trace::continued_from(invalid.as_bytes()).is_none());
+        let out = forwarded(&[(":path", "/a.B/C"), ("traceparent", invalid)], None);
+        assert!(out.iter().all(|(n, _)| n != "traceparent"), "{out:?}");
     }
 }

@@ -55,7 +55,13 @@ pub(crate) fn propagate(headers: &mut HeaderMap, start_new: Option<f64>) -> Opti
 /// The trace a request's valid `traceparent` continues, without touching the
 /// request: for calls the gateway answers itself.
 pub(crate) fn continued(headers: &HeaderMap) -> Option<TraceContext> {
-    let (trace_id, parent_id, sampled) = parse(headers.get(TRACEPARENT)?.as_bytes())?;
+    continued_from(headers.get(TRACEPARENT)?.as_bytes())
+}
+
+/// The trace a `traceparent` value continues, with a span id of the
+/// gateway's own; `None` when the value is not valid.
+pub(crate) fn continued_from(traceparent: &[u8]) -> Option<TraceContext> {
+    let (trace_id, parent_id, sampled) = parse(traceparent)?;
     Some(TraceContext {
         trace_id,
         parent_id: Some(parent_id),
@@ -97,13 +103,22 @@ pub(crate) fn parse(value: &[u8]) -> Option<([u8; 16], [u8; 8], bool)> {
 }
 
 fn encode(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
+    HeaderValue::from_bytes(&traceparent(trace_id, span_id, sampled)).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The `traceparent` that names the gateway's span of `call` as the parent.
+pub(crate) fn upstream_traceparent(call: &TraceContext) -> [u8; 55] {
+    traceparent(&call.trace_id, &call.span_id, call.sampled)
+}
+
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> [u8; 55] {
     let mut text = [0u8; 55];
     text[0..3].copy_from_slice(b"00-");
     write_hex(&mut text[3..35], trace_id);
     text[35] = b'-';
     write_hex(&mut text[36..52], span_id);
     text[52..55].copy_from_slice(if sampled { b"-01" } else { b"-00" });
-    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static(""))
+    text
 }
 
 fn random_id() -> [u8; 8] {
