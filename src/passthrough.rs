@@ -44,6 +44,10 @@ pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn:
         options.streaming,
         received.into_std(),
     );
+    let options = CallOptions {
+        native: true,
+        ..options
+    };
     let mut response = target.upstream.call(request, options).await;
     telemetry::watch_response(record, &mut response);
     response
@@ -72,6 +76,7 @@ pub(crate) fn call_options(
         read_ahead: target
             .kind
             .is_some_and(|kind| matches!(kind, CallKind::Unary | CallKind::ServerStreaming)),
+        native: false,
     })
 }
 

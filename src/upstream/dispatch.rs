@@ -22,7 +22,7 @@ use super::call::{
 };
 use super::endpoint::Endpoint;
 use super::limits::{OVERLOADED_HEADER, Overflow};
-use super::pool::PoolError;
+use super::pool::{ConnKind, PoolError};
 use super::retry::{Pushback, pushback};
 use super::{CallOptions, Cluster, UpstreamBody};
 use crate::body::Body;
@@ -76,7 +76,12 @@ impl Cluster {
                 break;
             };
             endpoint.begin_call();
-            let slot = match endpoint.pool.acquire(pool_deadline, &self.limits).await {
+            let kind = if options.native {
+                ConnKind::Relay
+            } else {
+                ConnKind::Plain
+            };
+            let slot = match endpoint.pool.acquire(pool_deadline, &self.limits, kind).await {
                 Ok(slot) => slot,
                 Err(PoolError::Overflow { overflow, .. }) => {
                     endpoint.end_call(Outcome::Neutral, probe);

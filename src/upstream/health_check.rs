@@ -109,7 +109,12 @@ pub(crate) async fn run(endpoint: Weak<Endpoint>, settings: HealthSettings, limi
 }
 
 async fn check(endpoint: &Endpoint, service: &str, limits: &Arc<Limits>) -> Result<Verdict, String> {
-    let slot = endpoint.pool.acquire(None, limits).await.map_err(|e| e.to_string())?;
+    // A native gRPC call: it may share a relay connection (`Pool::acquire`).
+    let slot = endpoint
+        .pool
+        .acquire(None, limits, super::pool::ConnKind::Relay)
+        .await
+        .map_err(|e| e.to_string())?;
     let uri = format!("http://{}/grpc.health.v1.Health/Check", endpoint.authority);
     let mut head = Request::new(());
     *head.method_mut() = http::Method::POST;

@@ -61,6 +61,12 @@ pub(crate) struct CallOptions {
     /// The request is one message (unary or server-streaming, known from the
     /// descriptors): read it whole before sending, so it can be resent.
     pub(crate) read_ahead: bool,
+    /// A native gRPC call. With the relay on, such a call reaches the h2
+    /// path only when the relay handed it on — most often for want of a
+    /// relay connection or a free slot on one — so it takes a relay
+    /// connection's slot (through the bridge) without making the pool open
+    /// a plain connection (see `Pool::acquire`).
+    pub(crate) native: bool,
 }
 
 /// DNS discovery state of a cluster.

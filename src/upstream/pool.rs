@@ -93,6 +93,16 @@ pub(crate) enum PoolError {
     Closed { target: Arc<str> },
 }
 
+/// What a new connection is for (with the relay on; without it, every
+/// connection is plain).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ConnKind {
+    /// Relayed calls' streams, and the h2 path's through the bridge.
+    Relay,
+    /// The h2 path's calls, straight from its HTTP/2 client.
+    Plain,
+}
+
 /// Connect back-off after failures: 250 ms doubling to 30 s, ±20% jitter.
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -193,13 +203,15 @@ impl Pool {
     }
 
     /// Takes a stream slot, connecting if needed; waits at most
-    /// `pending_timeout` (or until `deadline`) for one to free up.
+    /// `pending_timeout` (or until `deadline`) for one to free up. `kind`
+    /// is the connection the call is best carried on (see `try_acquire`).
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         deadline: Option<Instant>,
         limits: &Arc<Limits>,
+        kind: ConnKind,
     ) -> Result<Slot, PoolError> {
-        if let Some(slot) = self.try_acquire() {
+        if let Some(slot) = self.try_acquire(kind) {
             return Ok(slot);
         }
         let _waiting = limits.wait().map_err(|overflow| PoolError::Overflow {
@@ -216,7 +228,7 @@ impl Pool {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(slot) = self.try_acquire() {
+            if let Some(slot) = self.try_acquire(kind) {
                 return Ok(slot);
             }
             if self.connect_failures.load(Ordering::Acquire) != failures_at_start {
@@ -231,7 +243,7 @@ impl Pool {
                 if self.in_backoff(self.clock.now_nanos()) && self.conns.load().is_empty() {
                     return Err(self.connect_error());
                 }
-                self.start_connect();
+                self.start_connect(kind);
             }
             self.waiting.fetch_add(1, Ordering::Relaxed);
             let woke = timeout_at_instant(wait_until, notified).await;
@@ -259,18 +271,44 @@ impl Pool {
     /// connection).
     pub(crate) fn try_acquire_relay(self: &Arc<Self>) -> Option<(Slot, Arc<crate::relay::Side>)> {
         let Some(slot) = self.try_acquire_where(|conn| conn.relay.is_some()) else {
-            if self.conns.load().len() < self.max_connections() && !self.in_backoff(self.clock.now_nanos()) {
-                self.start_connect();
-            }
+            self.grow(ConnKind::Relay);
             return None;
         };
         let side = slot.conn.relay.as_ref()?.side.clone();
         Some((slot, side))
     }
 
-    /// A free slot on an open connection, if there is one.
-    fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
-        self.try_acquire_where(|_| true)
+    /// A free slot on an open connection for the h2 path, if there is one.
+    ///
+    /// With the relay on, the pool holds two kinds of connection, counted
+    /// and capped together: relay connections, and plain HTTP/2 ones that
+    /// the h2 path's client speaks to the backend directly. The h2 path
+    /// reaches a relay connection's backend only through the relay's
+    /// in-process bridge, one more HTTP/2 hop, so:
+    /// - REST and gRPC-Web calls (`kind` plain) take a plain connection's
+    ///   slot; failing that, a relay connection's, and the pool opens a
+    ///   plain connection, if it may grow, for the calls after this one;
+    /// - native gRPC calls (`kind` relay), which the relay handed on, take
+    ///   any free slot: most wait for a relay connection that is opening or
+    ///   full, and a plain connection opened for them would then sit idle.
+    fn try_acquire(self: &Arc<Self>, kind: ConnKind) -> Option<Slot> {
+        if !crate::relay::enabled() || kind == ConnKind::Relay {
+            return self.try_acquire_where(|_| true);
+        }
+        if let Some(slot) = self.try_acquire_where(|conn| conn.relay.is_none()) {
+            return Some(slot);
+        }
+        let bridged = self.try_acquire_where(|conn| conn.relay.is_some())?;
+        self.grow(ConnKind::Plain);
+        Some(bridged)
+    }
+
+    /// Starts a connection of `kind` if the pool may grow and is not
+    /// backing off after failures.
+    fn grow(self: &Arc<Self>, kind: ConnKind) {
+        if self.conns.load().len() < self.max_connections() && !self.in_backoff(self.clock.now_nanos()) {
+            self.start_connect(kind);
+        }
     }
 
     fn try_acquire_where(self: &Arc<Self>, usable: impl Fn(&Conn) -> bool) -> Option<Slot> {
@@ -303,7 +341,7 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
-    fn start_connect(self: &Arc<Self>) {
+    fn start_connect(self: &Arc<Self>, kind: ConnKind) {
         if self.closed.load(Ordering::Relaxed) || self.connecting.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -319,7 +357,7 @@ impl Pool {
             let endpoint = pool.endpoint.get().cloned().unwrap_or_default();
             let result = timeout(
                 pool.settings.connect_timeout,
-                connect(&pool.target, &pool.settings, endpoint),
+                connect(&pool.target, &pool.settings, endpoint, kind),
             )
             .await;
             let outcome = match result {
@@ -582,9 +620,10 @@ async fn connect(
     target: &Arc<str>,
     settings: &PoolSettings,
     endpoint: Weak<super::Endpoint>,
+    kind: ConnKind,
 ) -> Result<Connected, String> {
     let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
-    let (transport, relay) = match crate::relay::enabled() {
+    let (transport, relay) = match kind == ConnKind::Relay && crate::relay::enabled() {
         true => {
             let (bridge, link) = crate::relay::upstream::open(transport, target.clone(), endpoint, settings).await?;
             (Transport::bridge(bridge), Some(link))
@@ -783,11 +822,11 @@ mod tests {
             None,
         );
         let limits = Limits::new(&crate::config::Limits::default());
-        let slot = pool.acquire(None, &limits).await.unwrap();
+        let slot = pool.acquire(None, &limits, ConnKind::Plain).await.unwrap();
         assert_eq!(pool.conns.load().len(), 1);
         // What a caller that read the count before that connection was
         // added goes on to do.
-        pool.start_connect();
+        pool.start_connect(ConnKind::Plain);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(pool.conns.load().len(), 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a second connection was opened");
@@ -809,7 +848,7 @@ mod tests {
         let limits = Limits::new(&crate::config::Limits::default());
         let waiting = tokio::spawn({
             let pool = pool.clone();
-            async move { pool.acquire(None, &limits).await.err() }
+            async move { pool.acquire(None, &limits, ConnKind::Plain).await.err() }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the call should wait while the pool is open");
@@ -822,7 +861,7 @@ mod tests {
 
         // And a call arriving after the close fails at once too.
         let limits = Limits::new(&crate::config::Limits::default());
-        let late = tokio::time::timeout(Duration::from_secs(5), pool.acquire(None, &limits)).await;
+        let late = tokio::time::timeout(Duration::from_secs(5), pool.acquire(None, &limits, ConnKind::Plain)).await;
         let late = late.map(Result::err);
         assert!(matches!(late, Ok(Some(PoolError::Closed { .. }))), "{late:?}");
     }

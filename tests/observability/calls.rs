@@ -14,7 +14,8 @@ use crate::exposition::{Exposition, Labels};
 use crate::support::faults::{Edge, FaultBackend, raw_grpc};
 use crate::support::rest_client::{self, post_json};
 use crate::support::{
-    EchoRequest, Transport, WebClient, WebEncoding, config_yaml, echo, grpc_frame, server_stream_all,
+    EchoRequest, Transport, WebClient, WebEncoding, config_yaml, echo, grpc_frame, mixed_traffic_connections,
+    server_stream_all,
 };
 use crate::{ECHO, scrape, scrape_open_metrics, scrape_until};
 
@@ -546,8 +547,8 @@ async fn every_call_is_counted_once_under_its_protocol_method_and_grpc_code() {
     );
     assert_eq!(
         one("grpc_edge_upstream_connections"),
-        only(1.0),
-        "expected one pooled connection"
+        only(mixed_traffic_connections()),
+        "expected one pooled connection (two with the relay)"
     );
     assert_eq!(
         one("grpc_edge_upstream_streams"),
@@ -938,7 +939,7 @@ async fn metrics_off_leaves_call_families_at_zero_while_upstream_families_report
             "grpc_edge_upstream_connections",
             &[("upstream", "echo"), ("endpoint", &target)]
         ),
-        Some(1.0)
+        Some(mixed_traffic_connections())
     );
     assert_eq!(a.calls(), 7);
 }

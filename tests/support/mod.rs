@@ -295,6 +295,21 @@ pub fn root() -> PathBuf {
 }
 
 /// A gateway configuration for the testing service.
+/// Whether this run has the HTTP/2 relay on (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`,
+/// read by the gateway at start-up; CI runs the suites both ways).
+#[allow(dead_code)]
+pub fn relay_on() -> bool {
+    std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1")
+}
+
+/// The connections an endpoint's pool holds after native gRPC calls and
+/// REST or gRPC-Web calls: one, or with the relay on a relay connection and
+/// a plain one for the h2 path (docs/relay.md).
+#[allow(dead_code)]
+pub fn mixed_traffic_connections() -> f64 {
+    if relay_on() { 2.0 } else { 1.0 }
+}
+
 pub fn config_yaml(backends: &[SocketAddr], upstream_extra: &str, route_extra: &str) -> String {
     let endpoints: Vec<String> = backends.iter().map(|a| format!("\"{a}\"")).collect();
     format!(
