@@ -37,6 +37,7 @@ pub(crate) async fn serve<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    super::SERVING.store(true, std::sync::atomic::Ordering::Relaxed);
     let windows = Windows {
         stream: limits.stream_window,
         connection: limits.connection_window,

@@ -26,11 +26,22 @@ pub(crate) use client::serve;
 pub(crate) use side::Side;
 
 /// Whether HTTP/2 client connections go through the relay, and upstream
-/// connections are relay connections. Until it does everything the h2 path
+/// pools open relay connections for it (see [`serving`]). Until it does everything the h2 path
 /// does (`docs/relay.md`), only this environment variable turns it on, for
 /// its tests and benchmarks.
 pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::LazyLock<bool> =
         std::sync::LazyLock::new(|| std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1"));
     *ENABLED
+}
+
+/// Set once this process has served a client connection through the relay.
+static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether upstream pools open relay connections: only once the relay
+/// serves clients. A gateway mounted as a router in someone's axum app
+/// never does, and its native calls would otherwise all reach their
+/// backends through the bridge (`upstream::pool`).
+pub(crate) fn serving() -> bool {
+    enabled() && SERVING.load(std::sync::atomic::Ordering::Relaxed)
 }

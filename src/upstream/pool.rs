@@ -623,7 +623,7 @@ async fn connect(
     kind: ConnKind,
 ) -> Result<Connected, String> {
     let (transport, handshake) = transport::connect(target, settings.tls.as_ref()).await?;
-    let (transport, relay) = match kind == ConnKind::Relay && crate::relay::enabled() {
+    let (transport, relay) = match kind == ConnKind::Relay && crate::relay::serving() {
         true => {
             let (bridge, link) = crate::relay::upstream::open(transport, target.clone(), endpoint, settings).await?;
             (Transport::bridge(bridge), Some(link))
