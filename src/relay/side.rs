@@ -97,7 +97,6 @@ impl Side {
                 refuse_with_reset: false,
                 held_resets: VecDeque::new(),
                 last_opened: 0,
-                spare_replays: Vec::new(),
             }),
             waker: AtomicWaker::new(),
         })
@@ -199,9 +198,17 @@ pub(crate) struct SideState {
     /// Resets of streams cancelled moments after they opened, and when
     /// each goes out (see [`SideState::fail`]).
     held_resets: VecDeque<(Instant, u32)>,
-    /// Replay buffers of answered calls, for the next calls to reuse.
+}
+
+/// Replay buffers kept for reuse, per thread rather than per connection: a
+/// connection with a hundred calls in flight gets a hundred answers in one
+/// read and then a hundred new calls, and a thread's spares serve all of
+/// its connections (a few hundred bytes each, at most this many).
+const MAX_SPARE_REPLAYS: usize = 256;
+
+thread_local! {
     #[allow(clippy::vec_box, reason = "the boxes move into calls and back, never reallocated")]
-    spare_replays: Vec<Box<Replay>>,
+    static SPARE_REPLAYS: std::cell::RefCell<Vec<Box<Replay>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A relayed request kept until its answer's headers arrive: a backend
@@ -347,10 +354,26 @@ enum Queued {
 }
 
 /// A decoded header block kept whole: names and values in one buffer.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Fields {
     bytes: Vec<u8>,
     spans: Vec<(u32, u32, u32)>,
+}
+
+impl Clone for Fields {
+    fn clone(&self) -> Self {
+        Self {
+            bytes: self.bytes.clone(),
+            spans: self.spans.clone(),
+        }
+    }
+
+    /// Into the buffers `self` has (a derived `clone_from` would allocate
+    /// new ones): a kept request's headers are copied once per call.
+    fn clone_from(&mut self, source: &Self) {
+        self.bytes.clone_from(&source.bytes);
+        self.spans.clone_from(&source.spans);
+    }
 }
 
 impl Fields {
@@ -575,7 +598,7 @@ impl SideState {
     /// Keeps the request of the call on client leg `stream` (its headers
     /// as sent to `endpoint`), up to `limit` bytes of data.
     pub(crate) fn keep_replay(&mut self, stream: u32, fields: &Fields, endpoint: usize, limit: usize) {
-        let mut replay = self.spare_replays.pop().unwrap_or_default();
+        let mut replay = SPARE_REPLAYS.with_borrow_mut(Vec::pop).unwrap_or_default();
         replay.fields.clone_from(fields);
         replay.limit = limit;
         replay.tried.push(endpoint);
@@ -584,17 +607,19 @@ impl SideState {
         }
     }
 
-    /// Keeps a replay buffer for another call (a few, cleared).
+    /// Keeps a replay buffer, cleared, for another call on this thread.
     fn recycle(&mut self, mut replay: Box<Replay>) {
-        if self.spare_replays.len() < 32 {
-            replay.fields.clear();
-            replay.data.clear();
-            replay.tried.clear();
-            replay.len = 0;
-            replay.credited = 0;
-            replay.refused = None;
-            self.spare_replays.push(replay);
-        }
+        SPARE_REPLAYS.with_borrow_mut(|spare| {
+            if spare.len() < MAX_SPARE_REPLAYS {
+                replay.fields.clear();
+                replay.data.clear();
+                replay.tried.clear();
+                replay.len = 0;
+                replay.credited = 0;
+                replay.refused = None;
+                spare.push(replay);
+            }
+        });
     }
 
     /// The backend refused the call on client leg `stream` without
