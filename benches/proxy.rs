@@ -1,5 +1,6 @@
 //! Side-by-side proxy benchmark: `direct`, `grpc-edge` (native gRPC, gRPC-Web,
-//! REST), `grpc-edge-relay`, `grpc-edge-quiet`, `relay-floor`, `haproxy`, `nginx`.
+//! REST), `grpc-edge-relay`, `grpc-edge-quiet`, `grpc-edge-relay-quiet`,
+//! `relay-floor`, `haproxy`, `haproxy-logged`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]
@@ -37,8 +38,13 @@
 //!   binary itself, started again as a child process with the hidden first
 //!   argument `--relay-floor-child --listen ADDR --upstreams A,B,C`, and
 //!   measured like any other proxy;
+//! - `grpc-edge-relay-quiet`: the relay with metrics and access log off,
+//!   which is what HAProxy does by default (no log);
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
-//!   when they are installed; skipped otherwise.
+//!   when they are installed; skipped otherwise;
+//! - `haproxy-logged`: HAProxy writing an HTTP log line per call
+//!   (`option httplog`, to its log file), for a like-for-like comparison
+//!   with the `grpc-edge*` targets that write one.
 //!
 //! Each target gets two load profiles, each with `--warmup` then `--duration`:
 //!
@@ -113,7 +119,7 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, grpc-edge-relay, grpc-edge-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-relay, grpc-edge-quiet, grpc-edge-relay-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, haproxy-logged, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
     // The `relay-floor` target's child process runs the relay instead (and
@@ -310,6 +316,8 @@ enum Target {
     GrpcEdgeRelay,
     /// grpc-edge with per-call metrics and access logs off.
     GrpcEdgeQuiet,
+    /// The relay with per-call metrics and access logs off, like `haproxy`.
+    GrpcEdgeRelayQuiet,
     /// grpc-edge, the same call as gRPC-Web (binary).
     GrpcEdgeWeb,
     /// grpc-edge, the same call as REST: `GET /v1/orders/1` (a path variable).
@@ -321,6 +329,9 @@ enum Target {
     /// The floor relay (`relay_floor`), this binary run as a child process.
     RelayFloor,
     Haproxy,
+    /// HAProxy writing an HTTP log line per call (`option httplog`) to a
+    /// file, as the `grpc-edge*` targets with telemetry do.
+    HaproxyLogged,
     Nginx,
 }
 
@@ -334,16 +345,18 @@ enum Protocol {
 }
 
 impl Target {
-    const ALL: [Target; 10] = [
+    const ALL: [Target; 12] = [
         Target::Direct,
         Target::GrpcEdge,
         Target::GrpcEdgeRelay,
         Target::GrpcEdgeQuiet,
+        Target::GrpcEdgeRelayQuiet,
         Target::GrpcEdgeWeb,
         Target::GrpcEdgeRest,
         Target::GrpcEdgeRestBody,
         Target::RelayFloor,
         Target::Haproxy,
+        Target::HaproxyLogged,
         Target::Nginx,
     ];
 
@@ -353,17 +366,27 @@ impl Target {
             Target::GrpcEdge => "grpc-edge",
             Target::GrpcEdgeRelay => "grpc-edge-relay",
             Target::GrpcEdgeQuiet => "grpc-edge-quiet",
+            Target::GrpcEdgeRelayQuiet => "grpc-edge-relay-quiet",
             Target::GrpcEdgeWeb => "grpc-edge-web",
             Target::GrpcEdgeRest => "grpc-edge-rest",
             Target::GrpcEdgeRestBody => "grpc-edge-rest-body",
             Target::RelayFloor => "relay-floor",
             Target::Haproxy => "haproxy",
+            Target::HaproxyLogged => "haproxy-logged",
             Target::Nginx => "nginx",
         }
     }
 
     fn is_peer(self) -> bool {
-        matches!(self, Target::Haproxy | Target::Nginx)
+        matches!(self, Target::Haproxy | Target::HaproxyLogged | Target::Nginx)
+    }
+
+    /// The peer whose program this target runs.
+    fn program_of(self) -> Target {
+        match self {
+            Target::HaproxyLogged => Target::Haproxy,
+            other => other,
+        }
     }
 
     fn protocol(self) -> Protocol {
@@ -407,7 +430,7 @@ async fn bench(args: Args, pin_proxies: bool) -> Result<(), String> {
     }
     let targets: Vec<Target> = Target::ALL
         .into_iter()
-        .filter(|t| !t.is_peer() || programs.contains_key(t))
+        .filter(|t| !t.is_peer() || programs.contains_key(&t.program_of()))
         .filter(|t| args.only.as_ref().is_none_or(|only| only.contains(t)))
         .collect();
     if targets.is_empty() {
@@ -622,7 +645,7 @@ fn proxy_command(
         std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok::<_, String>(path.display().to_string())
     };
-    let program = |t: Target| setup.programs.get(&t).cloned().ok_or("not installed");
+    let program = |t: Target| setup.programs.get(&t.program_of()).cloned().ok_or("not installed");
     match target {
         Target::Direct => Err("direct has no proxy".into()),
         Target::GrpcEdge
@@ -635,8 +658,9 @@ fn proxy_command(
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
         }
-        Target::GrpcEdgeRelay => {
-            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, true))?;
+        Target::GrpcEdgeRelay | Target::GrpcEdgeRelayQuiet => {
+            let telemetry = target == Target::GrpcEdgeRelay;
+            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, telemetry))?;
             let gateway = env!("CARGO_BIN_EXE_grpc-edge").to_string();
             // env(1) execs the gateway, so the child's pid stays the proxy's.
             let args = ["GRPC_EDGE_EXPERIMENTAL_RELAY=1", &gateway, "serve", "--config", &config];
@@ -656,8 +680,9 @@ fn proxy_command(
             ];
             Ok((program, args.map(String::from).to_vec()))
         }
-        Target::Haproxy => {
-            let config = write("haproxy.cfg", haproxy_config(addr, &setup.backends))?;
+        Target::Haproxy | Target::HaproxyLogged => {
+            let logged = target == Target::HaproxyLogged;
+            let config = write("haproxy.cfg", haproxy_config(addr, &setup.backends, logged))?;
             // -db: stay in the foreground, so the child is the proxy.
             Ok((program(target)?, vec!["-db".into(), "-f".into(), config]))
         }
@@ -692,7 +717,9 @@ fn grpc_edge_yaml(listen: SocketAddr, backends: &[SocketAddr], telemetry: bool) 
     )
 }
 
-fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// HAProxy's config; with `logged`, an HTTP log line per call to stdout
+/// (the proxy's log file), as grpc-edge's access log goes to its file.
+fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr], logged: bool) -> String {
     let servers: String = backends
         .iter()
         .zip(REPLICAS)
@@ -700,9 +727,16 @@ fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
         .collect();
     // maxconn: HAProxy asks for 2 × maxconn file descriptors and refuses to
     // start when the limit is lower; 4096 is plenty for a few hundred streams.
+    let (global_log, defaults_log) = match logged {
+        true => (
+            "    log stdout format raw local0 info\n",
+            "    log global\n    option httplog\n",
+        ),
+        false => ("", ""),
+    };
     format!(
-        "global\n    nbthread 1\n    maxconn 4096\n\n\
-         defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n\n\
+        "global\n    nbthread 1\n    maxconn 4096\n{global_log}\n\
+         defaults\n    mode http\n    timeout connect 5s\n    timeout client 60s\n    timeout server 60s\n{defaults_log}\n\
          frontend grpc\n    bind {listen} proto h2\n    default_backend orders\n\n\
          backend orders\n    balance roundrobin\n{servers}"
     )
@@ -1538,6 +1572,20 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         "grpc-edge-relay CPU/call ÷ haproxy CPU/call: {}",
         ratio(
             get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call),
+            get(Target::Haproxy, |s| s.cpu_us_per_call)
+        )
+    );
+    println!(
+        "grpc-edge-relay CPU/call ÷ haproxy-logged CPU/call (both log every call): {}",
+        ratio(
+            get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call),
+            get(Target::HaproxyLogged, |s| s.cpu_us_per_call)
+        )
+    );
+    println!(
+        "grpc-edge-relay-quiet CPU/call ÷ haproxy CPU/call (neither logs): {}",
+        ratio(
+            get(Target::GrpcEdgeRelayQuiet, |s| s.cpu_us_per_call),
             get(Target::Haproxy, |s| s.cpu_us_per_call)
         )
     );
