@@ -284,16 +284,7 @@ impl ClientHandler {
                 fallback
             }
         };
-        side.lock().open(stream, fallback.clone(), 0);
-        let opened = fallback.lock().open_next(
-            side.clone(),
-            stream,
-            fields,
-            end_stream,
-            crate::turn::now(),
-            false,
-            None,
-        );
+        let opened = super::side::open_unchanged(side, stream, &fallback, fields, end_stream);
         let mut state = side.lock();
         match opened {
             Some(fallback_stream) => {

@@ -200,6 +200,29 @@ pub(crate) struct SideState {
     held_resets: VecDeque<(Instant, u32)>,
 }
 
+/// Links `stream` on `side` to a new stream on `peer` that carries the
+/// request as it came (`fields` unchanged; no pool slot, no outlier probe):
+/// the hand-over to the h2 path, and the bridge's streams onto a relay
+/// connection. The peer's stream id, or `None` when it takes no new stream.
+pub(crate) fn open_unchanged(
+    side: &Arc<Side>,
+    stream: u32,
+    peer: &Arc<Side>,
+    fields: &Fields,
+    end_stream: bool,
+) -> Option<u32> {
+    side.lock().open(stream, peer.clone(), 0);
+    peer.lock().open_next(
+        side.clone(),
+        stream,
+        fields,
+        end_stream,
+        crate::turn::now(),
+        false,
+        None,
+    )
+}
+
 /// Replay buffers kept for reuse, per thread rather than per connection: a
 /// connection with a hundred calls in flight gets a hundred answers in one
 /// read and then a hundred new calls, and a thread's spares serve all of

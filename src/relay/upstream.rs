@@ -371,16 +371,7 @@ impl Handler for BridgeHandler {
         if !conn::request_headers(side, stream, end_stream, fields, &mut self.last_opened, wakes)? {
             return Ok(());
         }
-        side.lock().open(stream, self.upstream.clone(), 0);
-        let opened = self.upstream.lock().open_next(
-            side.clone(),
-            stream,
-            fields,
-            end_stream,
-            crate::turn::now(),
-            false,
-            None,
-        );
+        let opened = super::side::open_unchanged(side, stream, &self.upstream, fields, end_stream);
         let mut state = side.lock();
         match opened {
             Some(upstream_stream) => {

@@ -570,7 +570,20 @@ impl Slot {
 
     /// How the connection ended, if it has.
     pub(crate) fn connection_end(&self) -> Option<ConnectionEnd> {
-        self.conn.end.get().copied()
+        self.conn.end.get().copied().or_else(|| self.relay_saw_calm())
+    }
+
+    /// Over a relay connection, the relay reads the backend's GOAWAY
+    /// itself: a call through the bridge may see its stream fail (a write
+    /// into the closed bridge) before the h2 client reads the GOAWAY passed
+    /// on, and before the connection's task records why it ended.
+    fn relay_saw_calm(&self) -> Option<ConnectionEnd> {
+        let relay = self.conn.relay.as_ref()?;
+        relay
+            .side
+            .lock()
+            .refused_our_traffic
+            .then_some(ConnectionEnd::RefusedOurTraffic)
     }
 
     /// How the connection ended, waiting at most `limit` for it to end. A
@@ -691,7 +704,11 @@ async fn drive(
                 // followed by a TCP reset (the server closed with our
                 // requests unread) ends in the I/O error, and the transport
                 // saw the GOAWAY all the same.
-                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) {
+                // Over a relay connection, the relay saw the backend's
+                // GOAWAY even when the h2 client's write into the closed
+                // bridge failed before it read the one passed on.
+                let relay_saw_calm = conn.relay.as_ref().is_some_and(|relay| relay.side.lock().refused_our_traffic);
+                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || relay_saw_calm {
                     end = ConnectionEnd::RefusedOurTraffic;
                 }
                 break match result {
