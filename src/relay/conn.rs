@@ -118,6 +118,10 @@ where
     // read while the side is locked anyway, and the timer for it.
     let mut held_due: Option<tokio::time::Instant> = None;
     let mut held_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // The socket refused a write (the peer reset the connection): what it
+    // sent before the reset is still read — a backend's GOAWAY saying why
+    // it closed arrives just before its reset — and then the task ends.
+    let mut write_failed = false;
     poll_fn(|cx| {
         // Everything this poll does sees one time (`crate::turn`).
         let _turn = crate::turn::Turn::start();
@@ -135,19 +139,26 @@ where
                 let backlog = unwritten.len();
                 state.set_backlog(backlog, &mut reader.credits);
             }
-            while written < unwritten.len() {
+            while written < unwritten.len() && !write_failed {
                 match Pin::new(&mut io).poll_write(cx, &unwritten[written..]) {
                     Poll::Ready(Ok(n)) if n > 0 => {
                         written += n;
                         progress = true;
                     }
-                    Poll::Ready(_) => return Poll::Ready(()),
+                    Poll::Ready(_) => {
+                        write_failed = true;
+                        progress = true;
+                    }
                     Poll::Pending => break,
                 }
+            }
+            if write_failed {
+                written = unwritten.len();
             }
             let all_written = written == unwritten.len();
             if all_written
                 && !unwritten.is_empty()
+                && !write_failed
                 // TLS holds records until flushed.
                 && let Poll::Ready(Err(_)) = Pin::new(&mut io).poll_flush(cx)
             {
@@ -178,6 +189,7 @@ where
                         }
                     }
                     Poll::Ready(Err(_)) => return Poll::Ready(()),
+                    Poll::Pending if write_failed => return Poll::Ready(()),
                     Poll::Pending => {}
                 }
             }

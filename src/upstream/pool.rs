@@ -570,7 +570,12 @@ impl Slot {
 
     /// How the connection ended, if it has.
     pub(crate) fn connection_end(&self) -> Option<ConnectionEnd> {
-        self.conn.end.get().copied().or_else(|| self.relay_saw_calm())
+        match self.conn.end.get().copied() {
+            // Retired (say, by the call that saw its stream fail) before
+            // the h2 client read why: the relay may know better.
+            None | Some(ConnectionEnd::Other) => self.relay_saw_calm().or(self.conn.end.get().copied()),
+            said => said,
+        }
     }
 
     /// Over a relay connection, the relay reads the backend's GOAWAY
