@@ -29,7 +29,10 @@ pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn:
         return refuse(&request, unknown_method(request.uri().path()));
     };
     let options = match call_options(target, request.headers(), received) {
-        Ok(options) => options,
+        Ok(options) => CallOptions {
+            native: true,
+            ..options
+        },
         Err(status) => return refuse(&request, status),
     };
     if request.version() != http::Version::HTTP_2 {
@@ -44,10 +47,6 @@ pub(crate) async fn forward(gateway: &Gateway, mut request: Request<Body>, conn:
         options.streaming,
         received.into_std(),
     );
-    let options = CallOptions {
-        native: true,
-        ..options
-    };
     let mut response = target.upstream.call(request, options).await;
     telemetry::watch_response(record, &mut response);
     response

@@ -26,9 +26,9 @@ pub(crate) use client::serve;
 pub(crate) use side::Side;
 
 /// Whether HTTP/2 client connections go through the relay, and upstream
-/// pools open relay connections for it (see [`serving`]). Until it does everything the h2 path
-/// does (`docs/relay.md`), only this environment variable turns it on, for
-/// its tests and benchmarks.
+/// pools open relay connections for it (see [`serving`]). Until it does
+/// everything the h2 path does (`docs/relay.md`), only this environment
+/// variable turns it on, for its tests and benchmarks.
 pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::LazyLock<bool> =
         std::sync::LazyLock::new(|| std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1"));

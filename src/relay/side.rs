@@ -601,7 +601,7 @@ impl SideState {
                 replay.len += data.len();
                 replay.data.push(data.clone());
             } else if let Some(replay) = half.replay.take() {
-                self.recycle(replay);
+                Self::recycle(replay);
             }
         }
         let Some(half) = self.streams.get_mut(&stream) else {
@@ -631,7 +631,7 @@ impl SideState {
     }
 
     /// Keeps a replay buffer, cleared, for another call on this thread.
-    fn recycle(&mut self, mut replay: Box<Replay>) {
+    fn recycle(mut replay: Box<Replay>) {
         SPARE_REPLAYS.with_borrow_mut(|spare| {
             if spare.len() < MAX_SPARE_REPLAYS {
                 replay.fields.clear();
@@ -965,7 +965,7 @@ impl SideState {
         }
         if let Some(replay) = half.replay.take() {
             // Answered: the backend took the call.
-            self.recycle(replay);
+            Self::recycle(replay);
         }
         let half = self.streams.get_mut(&stream)?;
         if half.queue.is_empty() {

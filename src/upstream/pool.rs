@@ -544,6 +544,17 @@ impl Conn {
     pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
+
+    /// Over a relay connection, whether the relay read the backend's
+    /// GOAWAY(ENHANCE_YOUR_CALM) itself: a call through the bridge may see
+    /// its stream fail (a write into the closed bridge) before the h2 client
+    /// reads the GOAWAY passed on, and before this connection's task records
+    /// why it ended.
+    fn relay_saw_calm(&self) -> bool {
+        self.relay
+            .as_ref()
+            .is_some_and(|relay| relay.side.lock().refused_our_traffic)
+    }
 }
 
 /// A reserved stream on a connection; released when dropped.
@@ -570,25 +581,14 @@ impl Slot {
 
     /// How the connection ended, if it has.
     pub(crate) fn connection_end(&self) -> Option<ConnectionEnd> {
-        match self.conn.end.get().copied() {
-            // Retired (say, by the call that saw its stream fail) before
-            // the h2 client read why: the relay may know better.
-            None | Some(ConnectionEnd::Other) => self.relay_saw_calm().or(self.conn.end.get().copied()),
-            said => said,
+        let recorded = self.conn.end.get().copied();
+        match recorded {
+            // Not ended yet, or retired (say, by the call that saw its
+            // stream fail) before the h2 client read why: the relay may
+            // know better.
+            None | Some(ConnectionEnd::Other) if self.conn.relay_saw_calm() => Some(ConnectionEnd::RefusedOurTraffic),
+            _ => recorded,
         }
-    }
-
-    /// Over a relay connection, the relay reads the backend's GOAWAY
-    /// itself: a call through the bridge may see its stream fail (a write
-    /// into the closed bridge) before the h2 client reads the GOAWAY passed
-    /// on, and before the connection's task records why it ended.
-    fn relay_saw_calm(&self) -> Option<ConnectionEnd> {
-        let relay = self.conn.relay.as_ref()?;
-        relay
-            .side
-            .lock()
-            .refused_our_traffic
-            .then_some(ConnectionEnd::RefusedOurTraffic)
     }
 
     /// How the connection ended, waiting at most `limit` for it to end. A
@@ -709,11 +709,7 @@ async fn drive(
                 // followed by a TCP reset (the server closed with our
                 // requests unread) ends in the I/O error, and the transport
                 // saw the GOAWAY all the same.
-                // Over a relay connection, the relay saw the backend's
-                // GOAWAY even when the h2 client's write into the closed
-                // bridge failed before it read the one passed on.
-                let relay_saw_calm = conn.relay.as_ref().is_some_and(|relay| relay.side.lock().refused_our_traffic);
-                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || relay_saw_calm {
+                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || conn.relay_saw_calm() {
                     end = ConnectionEnd::RefusedOurTraffic;
                 }
                 break match result {
