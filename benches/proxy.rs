@@ -1,6 +1,6 @@
 //! Side-by-side proxy benchmark: `direct`, `grpc-edge` (native gRPC, gRPC-Web,
-//! REST), `grpc-edge-relay`, `grpc-edge-quiet`, `grpc-edge-relay-quiet`,
-//! `relay-floor`, `haproxy`, `haproxy-logged`, `nginx`.
+//! REST), `grpc-edge-quiet`, `grpc-edge-h2`, `relay-floor`, `haproxy`,
+//! `haproxy-logged`, `nginx`.
 //!
 //! ```sh
 //! cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] [--connections 2] [--streams 100]
@@ -20,11 +20,13 @@
 //! - `grpc-edge`: the real `grpc-edge serve` binary (a separate process, default
 //!   `peak_ewma` balancer) in front of the three backends, with its default
 //!   telemetry: per-method metrics and one access log line per call (text,
-//!   written to a file);
-//! - `grpc-edge-relay`: the same with the HTTP/2 frame relay on
-//!   (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`, docs/relay.md), telemetry on;
+//!   written to a file); native gRPC goes through the HTTP/2 frame relay
+//!   (docs/relay.md), as by default;
 //! - `grpc-edge-quiet`: the same with `observability.metrics` and
-//!   `access_log` off, so the ratio of the two is what telemetry costs;
+//!   `access_log` off, so the ratio of the two is what telemetry costs, and
+//!   what HAProxy does by default (no log);
+//! - `grpc-edge-h2`: grpc-edge with the relay off (`GRPC_EDGE_RELAY=off`):
+//!   every call served by the `h2` crate on both sides, telemetry on;
 //! - `grpc-edge-web`, `grpc-edge-rest`, `grpc-edge-rest-body`: grpc-edge with
 //!   the same GetOrder call made as gRPC-Web (binary), as REST
 //!   `GET /v1/orders/1` (path variable, JSON answer), plus a REST call with
@@ -38,8 +40,6 @@
 //!   binary itself, started again as a child process with the hidden first
 //!   argument `--relay-floor-child --listen ADDR --upstreams A,B,C`, and
 //!   measured like any other proxy;
-//! - `grpc-edge-relay-quiet`: the relay with metrics and access log off,
-//!   which is what HAProxy does by default (no log);
 //! - `haproxy`, `nginx`: the same three backends behind them (h2 on both sides),
 //!   when they are installed; skipped otherwise;
 //! - `haproxy-logged`: HAProxy writing an HTTP log line per call
@@ -119,7 +119,7 @@ const UNKNOWN_REPLICA: usize = REPLICAS.len();
 
 const USAGE: &str = "usage: cargo bench --bench proxy -- [--duration 10s] [--warmup 2s] \
 [--connections 2] [--streams 100] [--rate 5000] [--runs 3] [--peers haproxy,nginx] [--only TARGET,...]
-  targets: direct, grpc-edge, grpc-edge-relay, grpc-edge-quiet, grpc-edge-relay-quiet, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, haproxy-logged, nginx (peers are skipped when not installed; --peers none skips them)";
+  targets: direct, grpc-edge, grpc-edge-quiet, grpc-edge-h2, grpc-edge-web, grpc-edge-rest, grpc-edge-rest-body, relay-floor, haproxy, haproxy-logged, nginx (peers are skipped when not installed; --peers none skips them)";
 
 fn main() -> ExitCode {
     // The `relay-floor` target's child process runs the relay instead (and
@@ -312,12 +312,10 @@ fn parse_targets(value: &str) -> Result<Vec<Target>, String> {
 enum Target {
     Direct,
     GrpcEdge,
-    /// grpc-edge with the HTTP/2 frame relay on (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`).
-    GrpcEdgeRelay,
-    /// grpc-edge with per-call metrics and access logs off.
+    /// grpc-edge with per-call metrics and access logs off, like `haproxy`.
     GrpcEdgeQuiet,
-    /// The relay with per-call metrics and access logs off, like `haproxy`.
-    GrpcEdgeRelayQuiet,
+    /// grpc-edge with the HTTP/2 frame relay off (`GRPC_EDGE_RELAY=off`).
+    GrpcEdgeH2,
     /// grpc-edge, the same call as gRPC-Web (binary).
     GrpcEdgeWeb,
     /// grpc-edge, the same call as REST: `GET /v1/orders/1` (a path variable).
@@ -345,12 +343,11 @@ enum Protocol {
 }
 
 impl Target {
-    const ALL: [Target; 12] = [
+    const ALL: [Target; 11] = [
         Target::Direct,
         Target::GrpcEdge,
-        Target::GrpcEdgeRelay,
         Target::GrpcEdgeQuiet,
-        Target::GrpcEdgeRelayQuiet,
+        Target::GrpcEdgeH2,
         Target::GrpcEdgeWeb,
         Target::GrpcEdgeRest,
         Target::GrpcEdgeRestBody,
@@ -364,9 +361,8 @@ impl Target {
         match self {
             Target::Direct => "direct",
             Target::GrpcEdge => "grpc-edge",
-            Target::GrpcEdgeRelay => "grpc-edge-relay",
             Target::GrpcEdgeQuiet => "grpc-edge-quiet",
-            Target::GrpcEdgeRelayQuiet => "grpc-edge-relay-quiet",
+            Target::GrpcEdgeH2 => "grpc-edge-h2",
             Target::GrpcEdgeWeb => "grpc-edge-web",
             Target::GrpcEdgeRest => "grpc-edge-rest",
             Target::GrpcEdgeRestBody => "grpc-edge-rest-body",
@@ -658,12 +654,11 @@ fn proxy_command(
             let program = PathBuf::from(env!("CARGO_BIN_EXE_grpc-edge"));
             Ok((program, vec!["serve".into(), "--config".into(), config]))
         }
-        Target::GrpcEdgeRelay | Target::GrpcEdgeRelayQuiet => {
-            let telemetry = target == Target::GrpcEdgeRelay;
-            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, telemetry))?;
+        Target::GrpcEdgeH2 => {
+            let config = write("gateway.yaml", grpc_edge_yaml(addr, &setup.backends, true))?;
             let gateway = env!("CARGO_BIN_EXE_grpc-edge").to_string();
             // env(1) execs the gateway, so the child's pid stays the proxy's.
-            let args = ["GRPC_EDGE_EXPERIMENTAL_RELAY=1", &gateway, "serve", "--config", &config];
+            let args = ["GRPC_EDGE_RELAY=off", &gateway, "serve", "--config", &config];
             Ok((PathBuf::from("/usr/bin/env"), args.map(String::from).to_vec()))
         }
         Target::RelayFloor => {
@@ -1569,29 +1564,19 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         ratio(edge_cpu, get(Target::Nginx, |s| s.cpu_us_per_call))
     );
     println!(
-        "grpc-edge-relay CPU/call ÷ haproxy CPU/call: {}",
+        "grpc-edge CPU/call ÷ haproxy-logged CPU/call (both log every call): {}",
+        ratio(edge_cpu, get(Target::HaproxyLogged, |s| s.cpu_us_per_call))
+    );
+    println!(
+        "grpc-edge-quiet CPU/call ÷ haproxy CPU/call (neither logs): {}",
         ratio(
-            get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call),
+            get(Target::GrpcEdgeQuiet, |s| s.cpu_us_per_call),
             get(Target::Haproxy, |s| s.cpu_us_per_call)
         )
     );
     println!(
-        "grpc-edge-relay CPU/call ÷ haproxy-logged CPU/call (both log every call): {}",
-        ratio(
-            get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call),
-            get(Target::HaproxyLogged, |s| s.cpu_us_per_call)
-        )
-    );
-    println!(
-        "grpc-edge-relay-quiet CPU/call ÷ haproxy CPU/call (neither logs): {}",
-        ratio(
-            get(Target::GrpcEdgeRelayQuiet, |s| s.cpu_us_per_call),
-            get(Target::Haproxy, |s| s.cpu_us_per_call)
-        )
-    );
-    println!(
-        "grpc-edge-relay CPU/call ÷ grpc-edge CPU/call: {}",
-        ratio(get(Target::GrpcEdgeRelay, |s| s.cpu_us_per_call), edge_cpu)
+        "grpc-edge-h2 CPU/call ÷ grpc-edge CPU/call (the relay off ÷ on): {}",
+        ratio(get(Target::GrpcEdgeH2, |s| s.cpu_us_per_call), edge_cpu)
     );
     println!(
         "grpc-edge CPU/call ÷ relay-floor CPU/call: {}",

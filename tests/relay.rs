@@ -1,9 +1,10 @@
-//! The HTTP/2 frame relay (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`, see
+//! The HTTP/2 frame relay (on unless `GRPC_EDGE_RELAY=off`, see
 //! docs/relay.md), run as operators would run it: the real binary, real
-//! tonic backends and clients. The whole passthrough suite also runs over
-//! the relay in CI; these are the cases that concern the relay itself:
-//! hostile frames and HPACK from a client, a backend dying mid-stream, and
-//! calls the relay hands to the h2 path on the same connection.
+//! tonic backends and clients. Every integration suite runs over the relay
+//! (and again with it off, in CI); these are the cases that concern the
+//! relay itself: hostile frames and HPACK from a client, a backend dying
+//! mid-stream, and calls the relay hands to the h2 path on the same
+//! connection.
 
 mod support;
 
@@ -14,7 +15,8 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokio_stream::StreamExt;
 
-const RELAY: [(&str, &str); 1] = [("GRPC_EDGE_EXPERIMENTAL_RELAY", "1")];
+/// On even in CI's run with the relay off.
+const RELAY: [(&str, &str); 1] = [("GRPC_EDGE_RELAY", "on")];
 
 fn relay_gateway(backends: &[SocketAddr]) -> (tempfile::TempDir, GatewayProcess) {
     relay_gateway_with(backends, "")

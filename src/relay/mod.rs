@@ -25,14 +25,44 @@ pub(crate) mod upstream;
 pub(crate) use client::serve;
 pub(crate) use side::Side;
 
+/// The environment variable that turns the relay off (`off`, `0` or
+/// `false`), read once per process.
+pub(crate) const SWITCH: &str = "GRPC_EDGE_RELAY";
+
 /// Whether HTTP/2 client connections go through the relay, and upstream
-/// pools open relay connections for it (see [`serving`]). Until it does
-/// everything the h2 path does (`docs/relay.md`), only this environment
-/// variable turns it on, for its tests and benchmarks.
+/// pools open relay connections for it (see [`serving`]): yes, unless
+/// [`SWITCH`] says `off`. Then every call takes the h2 path, as before the
+/// relay existed: the way back if the relay misbehaves somewhere.
 pub(crate) fn enabled() -> bool {
-    static ENABLED: std::sync::LazyLock<bool> =
-        std::sync::LazyLock::new(|| std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1"));
+    static ENABLED: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let value = std::env::var(SWITCH).unwrap_or_default();
+        match switch_value(&value) {
+            Some(on) => on,
+            None => {
+                tracing::warn!(
+                    variable = SWITCH,
+                    value,
+                    "expected on or off (also 1/0, true/false); the relay stays on"
+                );
+                true
+            }
+        }
+    });
     *ENABLED
+}
+
+/// What a value of [`SWITCH`] means: `None` when it means nothing.
+fn switch_value(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "on" | "1" | "true" => Some(true),
+        "off" | "0" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+/// What native gRPC over HTTP/2 is served by, for the start-up log line.
+pub(crate) fn transport() -> &'static str {
+    if enabled() { "relay" } else { "h2" }
 }
 
 /// Set once this process has served a client connection through the relay.
@@ -44,4 +74,22 @@ static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::n
 /// backends through the bridge (`upstream::pool`).
 pub(crate) fn serving() -> bool {
     enabled() && SERVING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::switch_value;
+
+    #[test]
+    fn the_switch_is_on_unless_it_says_off() {
+        for on in ["", "on", "1", "true", " ON ", "True"] {
+            assert_eq!(switch_value(on), Some(true), "{on:?}");
+        }
+        for off in ["off", "0", "false", "OFF", " false\n"] {
+            assert_eq!(switch_value(off), Some(false), "{off:?}");
+        }
+        for nonsense in ["of", "no", "2", "relay"] {
+            assert_eq!(switch_value(nonsense), None, "{nonsense:?}");
+        }
+    }
 }

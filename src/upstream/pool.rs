@@ -1,10 +1,12 @@
 //! The HTTP/2 connection pool of one endpoint.
 //!
-//! Connections open lazily, one at a time, and only when every open
-//! connection is at its stream cap (our `max_streams_per_connection` or the
-//! server's `MAX_CONCURRENT_STREAMS`, whichever is lower), up to
-//! `max_connections_per_endpoint`. A call takes a stream *slot*; waiting
-//! calls are woken when a slot frees or a connection opens or fails.
+//! Connections open lazily, only when every open connection is at its
+//! stream cap (our `max_streams_per_connection` or the server's
+//! `MAX_CONCURRENT_STREAMS`, whichever is lower), up to
+//! `max_connections_per_endpoint`: one at a time, unless more calls wait
+//! than the connections being opened will carry (a burst on a cold pool).
+//! A call takes a stream *slot*; waiting calls are woken when a slot frees
+//! or a connection opens or fails.
 //!
 //! A connection is *retired* — removed from the pool so it takes no new
 //! calls, while its calls finish — when it reaches its age or request limit,
@@ -12,10 +14,11 @@
 //! it has no call left. Nothing here ever cuts a call that is in flight,
 //! except a keepalive PING that goes unanswered (the connection is dead).
 //!
-//! With the HTTP/2 frame relay on, each connection is a relay connection
-//! (`relay::upstream`): relayed calls take slots here without waiting, and
-//! the h2 client of each connection speaks to the relay's in-process bridge
-//! instead of the socket, so an endpoint has one set of connections.
+//! With the HTTP/2 frame relay on, the pool holds two kinds of connection,
+//! counted and capped together (`ConnKind`): relay connections
+//! (`relay::upstream`), on which relayed calls take slots without waiting,
+//! and plain ones, which the h2 path's client speaks to directly (it
+//! reaches a relay connection through the relay's in-process bridge).
 //!
 //! This module owns sockets and HTTP/2 state; it knows nothing of routes,
 //! balancing or gRPC.
@@ -113,7 +116,8 @@ pub(crate) struct Pool {
     settings: Arc<PoolSettings>,
     clock: Clock,
     conns: ArcSwap<Vec<Arc<Conn>>>,
-    connecting: AtomicBool,
+    /// Connects under way.
+    connecting: AtomicU32,
     /// Woken when a slot frees, a connection opens, fails or closes.
     changed: Notify,
     waiting: AtomicU32,
@@ -145,7 +149,7 @@ impl Pool {
             settings,
             clock,
             conns: ArcSwap::from_pointee(Vec::new()),
-            connecting: AtomicBool::new(false),
+            connecting: AtomicU32::new(0),
             changed: Notify::new(),
             waiting: AtomicU32::new(0),
             connect_failures: AtomicU64::new(0),
@@ -341,16 +345,39 @@ impl Pool {
         self.changed.notify_waiters();
     }
 
+    /// Starts a connect, unless the connections open and opening fill the
+    /// pool, or one is opening already and will carry every waiting call. A
+    /// burst of calls on a cold pool (thousands of streams opened at once)
+    /// then opens several connections at once, instead of queueing behind
+    /// one connect after another until `max_pending` overflows.
     fn start_connect(self: &Arc<Self>, kind: ConnKind) {
-        if self.closed.load(Ordering::Relaxed) || self.connecting.swap(true, Ordering::AcqRel) {
+        if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        // Callers checked the count before; a connect that finished since
-        // may have filled the pool. Holding the flag, the count is exact:
-        // the last connect added its connection before releasing it.
-        if self.conns.load().len() >= self.max_connections() {
-            self.connecting.store(false, Ordering::Release);
-            return;
+        let mut opening = self.connecting.load(Ordering::Acquire);
+        loop {
+            // Callers checked the count before; a connect that finished since
+            // may have filled the pool. A connect adds its connection before
+            // it stops counting as opening, and the connections are read
+            // after the count: one that just opened may be counted twice
+            // (one connect too few), never missed (one too many).
+            if self.conns.load().len() + opening as usize >= self.max_connections() {
+                return;
+            }
+            let carried = opening.saturating_mul(self.settings.max_streams.max(1));
+            // The caller is about to wait too, or to be handed to the h2 path
+            // and wait there.
+            let waiting = self.waiting.load(Ordering::Relaxed).saturating_add(1);
+            if opening > 0 && waiting <= carried {
+                return;
+            }
+            match self
+                .connecting
+                .compare_exchange_weak(opening, opening + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(now) => opening = now,
+            }
         }
         let pool = self.clone();
         tokio::spawn(async move {
@@ -382,7 +409,7 @@ impl Pool {
                     });
                     pool.consecutive_failures.store(0, Ordering::Relaxed);
                     pool.backoff_until_nanos.store(0, Ordering::Relaxed);
-                    pool.connecting.store(false, Ordering::Release);
+                    pool.connecting.fetch_sub(1, Ordering::Release);
                     pool.changed.notify_waiters();
                     tracing::debug!(target = %pool.target, conn = conn.id, "upstream connection open");
                     let weak = Arc::downgrade(&pool);
@@ -391,7 +418,7 @@ impl Pool {
                 }
                 Err(reason) => {
                     pool.record_connect_failure(reason);
-                    pool.connecting.store(false, Ordering::Release);
+                    pool.connecting.fetch_sub(1, Ordering::Release);
                     pool.changed.notify_waiters();
                 }
             }
@@ -849,6 +876,57 @@ mod tests {
         assert_eq!(pool.conns.load().len(), 1);
         assert_eq!(accepted.load(Ordering::SeqCst), 1, "a second connection was opened");
         drop(slot);
+    }
+
+    /// A burst of calls on a cold pool opens as many connections at once as
+    /// it needs (up to the cap), not one after another.
+    #[tokio::test]
+    async fn a_burst_on_a_cold_pool_opens_connections_side_by_side() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicU64::new(0));
+        tokio::spawn({
+            let accepted = accepted.clone();
+            async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        // Slow to answer, so no connect finishes during the burst.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        if let Ok(mut conn) = h2::server::handshake(tcp).await {
+                            while conn.accept().await.is_some() {}
+                        }
+                    });
+                }
+            }
+        });
+        let settings = Arc::new(PoolSettings {
+            max_connections: 4,
+            max_streams: 2,
+            ..(*settings(4, Duration::from_secs(5))).clone()
+        });
+        let pool = Pool::new(addr.to_string().into(), settings, Clock::new(), None);
+        let limits = Limits::new(&crate::config::Limits::default());
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..5 {
+            let (pool, limits) = (pool.clone(), limits.clone());
+            calls.spawn(async move { pool.acquire(None, &limits, ConnKind::Plain).await.map(drop) });
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // 5 calls at 2 streams a connection: 3 connects, all under way.
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        for _ in 0..10 {
+            let (pool, limits) = (pool.clone(), limits.clone());
+            calls.spawn(async move { pool.acquire(None, &limits, ConnKind::Plain).await.map(drop) });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 4, "never more than max_connections");
+        let mut served = 0;
+        while let Some(call) = calls.join_next().await {
+            served += usize::from(call.unwrap().is_ok());
+        }
+        assert_eq!(served, 15);
     }
 
     /// A call waiting on an endpoint that discovery then removes must move

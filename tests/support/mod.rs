@@ -295,11 +295,13 @@ pub fn root() -> PathBuf {
 }
 
 /// A gateway configuration for the testing service.
-/// Whether this run has the HTTP/2 relay on (`GRPC_EDGE_EXPERIMENTAL_RELAY=1`,
-/// read by the gateway at start-up; CI runs the suites both ways).
+/// Whether this run has the HTTP/2 relay on: yes, unless `GRPC_EDGE_RELAY`
+/// turns it off (read by the gateway at start-up; CI runs the integration
+/// suites both ways).
 #[allow(dead_code)]
 pub fn relay_on() -> bool {
-    std::env::var_os("GRPC_EDGE_EXPERIMENTAL_RELAY").is_some_and(|v| v == "1")
+    let value = std::env::var("GRPC_EDGE_RELAY").unwrap_or_default();
+    !matches!(value.trim().to_ascii_lowercase().as_str(), "off" | "0" | "false")
 }
 
 /// The connections an endpoint's pool holds after native gRPC calls and
