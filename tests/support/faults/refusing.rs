@@ -85,6 +85,11 @@ async fn refuse_streams(mut tcp: tokio::net::TcpStream, refused: Arc<AtomicU64>,
         out.extend_from_slice(payload);
         out
     }
+    // Frames leave as they are written, as an HTTP/2 server flushes them:
+    // with Nagle's algorithm a GOAWAY written while an earlier frame awaits
+    // its (delayed) ACK stays in the socket, and the reset below would
+    // discard it unsent.
+    tcp.set_nodelay(true)?;
     let mut preface = [0u8; 24];
     tcp.read_exact(&mut preface).await?;
     tcp.write_all(&frame(SETTINGS, 0, &[])).await?;
