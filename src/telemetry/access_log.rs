@@ -238,9 +238,26 @@ fn millis(out: &mut String, d: Duration) {
     }
 }
 
+/// The client address as `Display` writes it; IPv4, the usual case, by
+/// hand (the formatting machinery was about 1% of a relayed call's CPU).
 fn ip(address: Option<IpAddr>, buffer: &mut [u8; 64]) -> &str {
-    let Some(address) = address else {
-        return "";
+    let address = match address {
+        None => return "",
+        Some(IpAddr::V4(v4)) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buffer[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(octet).as_bytes();
+                buffer[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
+            }
+            return std::str::from_utf8(&buffer[..len]).unwrap_or("");
+        }
+        Some(v6) => v6,
     };
     let mut cursor = std::io::Cursor::new(&mut buffer[..]);
     if std::io::Write::write_fmt(&mut cursor, format_args!("{address}")).is_err() {
@@ -329,6 +346,26 @@ fn civil(seconds: u64) -> [u8; 19] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_addresses_are_written_as_display_writes_them() {
+        for address in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.1.100",
+            "::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::8a2e:370:7334",
+            "fe80::1:2:3:4",
+        ] {
+            let address: IpAddr = address.parse().unwrap();
+            let mut buffer = [0u8; 64];
+            assert_eq!(ip(Some(address), &mut buffer), address.to_string());
+        }
+        assert_eq!(ip(None, &mut [0u8; 64]), "");
+    }
 
     fn entry() -> Entry<'static> {
         Entry {
