@@ -60,11 +60,6 @@ fn switch_value(value: &str) -> Option<bool> {
     }
 }
 
-/// What native gRPC over HTTP/2 is served by, for the start-up log line.
-pub(crate) fn transport() -> &'static str {
-    if enabled() { "relay" } else { "h2" }
-}
-
 /// Set once this process has served a client connection through the relay.
 static SERVING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
