@@ -839,11 +839,9 @@ mod tests {
         })
     }
 
-    /// A caller that saw room for a connection may ask for one after another
-    /// connect filled the pool; found under load, where the pool opened five
-    /// connections with `max_connections_per_endpoint: 4`.
-    #[tokio::test]
-    async fn a_late_request_to_connect_does_not_exceed_max_connections() {
+    /// An HTTP/2 server that counts the connections it accepts and answers
+    /// each `delay` after accepting it.
+    async fn counting_h2_server(delay: Duration) -> (std::net::SocketAddr, Arc<AtomicU64>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicU64::new(0));
@@ -853,6 +851,7 @@ mod tests {
                 while let Ok((tcp, _)) = listener.accept().await {
                     accepted.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
                         if let Ok(mut conn) = h2::server::handshake(tcp).await {
                             while conn.accept().await.is_some() {}
                         }
@@ -860,6 +859,15 @@ mod tests {
                 }
             }
         });
+        (addr, accepted)
+    }
+
+    /// A caller that saw room for a connection may ask for one after another
+    /// connect filled the pool; found under load, where the pool opened five
+    /// connections with `max_connections_per_endpoint: 4`.
+    #[tokio::test]
+    async fn a_late_request_to_connect_does_not_exceed_max_connections() {
+        let (addr, accepted) = counting_h2_server(Duration::ZERO).await;
         let pool = Pool::new(
             addr.to_string().into(),
             settings(1, Duration::from_secs(5)),
@@ -882,24 +890,8 @@ mod tests {
     /// it needs (up to the cap), not one after another.
     #[tokio::test]
     async fn a_burst_on_a_cold_pool_opens_connections_side_by_side() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicU64::new(0));
-        tokio::spawn({
-            let accepted = accepted.clone();
-            async move {
-                while let Ok((tcp, _)) = listener.accept().await {
-                    accepted.fetch_add(1, Ordering::SeqCst);
-                    tokio::spawn(async move {
-                        // Slow to answer, so no connect finishes during the burst.
-                        tokio::time::sleep(Duration::from_millis(300)).await;
-                        if let Ok(mut conn) = h2::server::handshake(tcp).await {
-                            while conn.accept().await.is_some() {}
-                        }
-                    });
-                }
-            }
-        });
+        // Slow to answer, so no connect finishes during the burst.
+        let (addr, accepted) = counting_h2_server(Duration::from_millis(300)).await;
         let settings = Arc::new(PoolSettings {
             max_connections: 4,
             max_streams: 2,
