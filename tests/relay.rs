@@ -302,9 +302,17 @@ async fn relayed_and_h2_path_calls_share_one_pool_per_endpoint() {
 }
 
 async fn native_and_web_calls(pool: &str, connections: u64) {
-    use support::grpc_web_client::{Transport, WebClient, WebEncoding};
     let backend = support::faults::FaultBackend::start("b1").await;
     let (_dir, gateway) = relay_gateway_with(&[backend.addr], pool);
+    native_and_web_calls_through(&gateway, &backend, connections).await;
+}
+
+async fn native_and_web_calls_through(
+    gateway: &GatewayProcess,
+    backend: &support::faults::FaultBackend,
+    connections: u64,
+) {
+    use support::grpc_web_client::{Transport, WebClient, WebEncoding};
     let mut native = client(gateway.addr).await;
     let mut web = WebClient::connect(gateway.addr, Transport::Http1, WebEncoding::Binary).await;
     for round in 0..10 {
@@ -319,5 +327,44 @@ async fn native_and_web_calls(pool: &str, connections: u64) {
         );
     }
     assert_eq!(backend.calls(), 20);
-    assert_eq!(backend.connections(), connections, "{pool}");
+    assert_eq!(backend.connections(), connections);
+}
+
+/// `GRPC_EDGE_RELAY` is read once, at start-up: `off` (or `0`, `false`)
+/// leaves native gRPC to the h2 path, anything else keeps the relay, and a
+/// value that means nothing is warned about. The log says which path
+/// native gRPC takes, and the endpoint's connections show it: with the
+/// relay, a relay connection and a plain one for the gRPC-Web calls; without
+/// it, one plain connection for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_switch_is_read_at_start_up_and_said_in_the_log() {
+    for (value, relayed, warned) in [
+        ("on", true, false),
+        ("off", false, false),
+        ("FALSE", false, false),
+        ("sideways", true, true),
+    ] {
+        let backend = support::faults::FaultBackend::start("b1").await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gateway.yaml");
+        std::fs::write(&config, config_yaml(&[backend.addr], "", "")).unwrap();
+        let gateway = GatewayProcess::start_with_env(&config, &[("GRPC_EDGE_RELAY", value)]);
+        native_and_web_calls_through(&gateway, &backend, if relayed { 2 } else { 1 }).await;
+        // Log lines leave through a buffered writer: give it a moment.
+        let says_which = |lines: &Vec<String>| lines.iter().any(|l| l.contains("native gRPC over HTTP/2 goes through"));
+        for _ in 0..50 {
+            if says_which(&gateway.stderr.lock().unwrap()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let lines = gateway.stderr.lock().unwrap().clone();
+        let said = lines
+            .iter()
+            .find(|line| line.contains("native gRPC over HTTP/2 goes through"))
+            .unwrap_or_else(|| panic!("{value}: no line says which path native gRPC takes: {lines:#?}"));
+        assert_eq!(said.contains("through the frame relay"), relayed, "{value}: {said}");
+        let warning = lines.iter().any(|line| line.contains("the relay stays on"));
+        assert_eq!(warning, warned, "{value}: {lines:#?}");
+    }
 }
