@@ -1602,6 +1602,15 @@ fn print_ratios(summaries: &BTreeMap<Target, Summary>) {
         "REST PATCH CPU/call ÷ native gRPC CPU/call (both through grpc-edge): {}",
         ratio(get(Target::GrpcEdgeRestBody, |s| s.cpu_us_per_call), edge_cpu)
     );
+    // gRPC-Web and REST take the h2 path with the relay on or off: against
+    // the native call on that same path, the ratio is the front end's own cost.
+    let h2_cpu = get(Target::GrpcEdgeH2, |s| s.cpu_us_per_call);
+    println!(
+        "gRPC-Web, REST GET, REST PATCH CPU/call ÷ native gRPC on the h2 path (grpc-edge-h2): {} {} {}",
+        ratio(get(Target::GrpcEdgeWeb, |s| s.cpu_us_per_call), h2_cpu),
+        ratio(get(Target::GrpcEdgeRest, |s| s.cpu_us_per_call), h2_cpu),
+        ratio(get(Target::GrpcEdgeRestBody, |s| s.cpu_us_per_call), h2_cpu)
+    );
 }
 
 fn print_open_table(summaries: &BTreeMap<Target, Summary>) {
