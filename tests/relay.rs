@@ -304,13 +304,14 @@ async fn relayed_and_h2_path_calls_share_one_pool_per_endpoint() {
 async fn native_and_web_calls(pool: &str, connections: u64) {
     let backend = support::faults::FaultBackend::start("b1").await;
     let (_dir, gateway) = relay_gateway_with(&[backend.addr], pool);
-    native_and_web_calls_through(&gateway, &backend, connections).await;
+    native_and_web_calls_through(&gateway, &backend, connections, pool).await;
 }
 
 async fn native_and_web_calls_through(
     gateway: &GatewayProcess,
     backend: &support::faults::FaultBackend,
     connections: u64,
+    what: &str,
 ) {
     use support::grpc_web_client::{Transport, WebClient, WebEncoding};
     let mut native = client(gateway.addr).await;
@@ -327,7 +328,7 @@ async fn native_and_web_calls_through(
         );
     }
     assert_eq!(backend.calls(), 20);
-    assert_eq!(backend.connections(), connections);
+    assert_eq!(backend.connections(), connections, "{what}");
 }
 
 /// `GRPC_EDGE_RELAY` is read once, at start-up: `off` (or `0`, `false`)
@@ -349,7 +350,8 @@ async fn the_relay_switch_is_read_at_start_up_and_said_in_the_log() {
         let config = dir.path().join("gateway.yaml");
         std::fs::write(&config, config_yaml(&[backend.addr], "", "")).unwrap();
         let gateway = GatewayProcess::start_with_env(&config, &[("GRPC_EDGE_RELAY", value)]);
-        native_and_web_calls_through(&gateway, &backend, if relayed { 2 } else { 1 }).await;
+        let what = format!("GRPC_EDGE_RELAY={value}");
+        native_and_web_calls_through(&gateway, &backend, if relayed { 2 } else { 1 }, &what).await;
         // Log lines leave through a buffered writer: give it a moment.
         let says_which = |lines: &Vec<String>| lines.iter().any(|l| l.contains("native gRPC over HTTP/2 goes through"));
         for _ in 0..50 {

@@ -27,7 +27,7 @@ pub(crate) use side::Side;
 
 /// The environment variable that turns the relay off (`off`, `0` or
 /// `false`), read once per process.
-pub(crate) const SWITCH: &str = "GRPC_EDGE_RELAY";
+const SWITCH: &str = "GRPC_EDGE_RELAY";
 
 /// Whether HTTP/2 client connections go through the relay, and upstream
 /// pools open relay connections for it (see [`serving`]): yes, unless

@@ -212,13 +212,10 @@ pub async fn serve(gateway: Gateway, listener: TcpListener, shutdown: impl Futur
     let tracker = Arc::new(Tracker::default());
     let (stop, stopped) = watch::channel(false);
     tokio::pin!(shutdown);
-    match crate::relay::enabled() {
-        true => {
-            tracing::info!("native gRPC over HTTP/2 goes through the frame relay (GRPC_EDGE_RELAY=off turns it off)")
-        }
-        false => {
-            tracing::info!("native gRPC over HTTP/2 goes through the h2 path: the frame relay is off (GRPC_EDGE_RELAY)")
-        }
+    if crate::relay::enabled() {
+        tracing::info!("native gRPC over HTTP/2 goes through the frame relay (GRPC_EDGE_RELAY=off turns it off)");
+    } else {
+        tracing::info!("native gRPC over HTTP/2 goes through the h2 path: the frame relay is off (GRPC_EDGE_RELAY)");
     }
     gateway.set_ready(true);
     let mut last_limit_warning = None;

@@ -400,6 +400,7 @@ impl Pool {
                         &pool.settings,
                         &pool.clock,
                         handshake,
+                        last_goaway,
                         relay,
                     ));
                     pool.conns.rcu(|conns| {
@@ -414,7 +415,7 @@ impl Pool {
                     tracing::debug!(target = %pool.target, conn = conn.id, "upstream connection open");
                     let weak = Arc::downgrade(&pool);
                     drop(pool);
-                    drive(conn, weak, connection, ping, last_goaway).await;
+                    drive(conn, weak, connection, ping).await;
                 }
                 Err(reason) => {
                     pool.record_connect_failure(reason);
@@ -513,6 +514,8 @@ pub(crate) struct Conn {
     /// How it ended, once it has; `ended` wakes those waiting to know.
     end: OnceLock<ConnectionEnd>,
     ended: Notify,
+    /// The last GOAWAY code its transport saw.
+    last_goaway: LastGoAway,
     /// With the relay on: the relay connection under this one, which
     /// relayed calls use too (each holding a slot here).
     relay: Option<RelayLink>,
@@ -525,6 +528,7 @@ impl Conn {
         settings: &PoolSettings,
         clock: &Clock,
         tls: Handshake,
+        last_goaway: LastGoAway,
         relay: Option<RelayLink>,
     ) -> Self {
         // ±10% jitter so connections opened together do not all retire together.
@@ -543,6 +547,7 @@ impl Conn {
             tls,
             end: OnceLock::new(),
             ended: Notify::new(),
+            last_goaway,
             relay,
         }
     }
@@ -572,15 +577,17 @@ impl Conn {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// Over a relay connection, whether the relay read the backend's
-    /// GOAWAY(ENHANCE_YOUR_CALM) itself: a call through the bridge may see
-    /// its stream fail (a write into the closed bridge) before the h2 client
-    /// reads the GOAWAY passed on, and before this connection's task records
-    /// why it ended.
-    fn relay_saw_calm(&self) -> bool {
-        self.relay
-            .as_ref()
-            .is_some_and(|relay| relay.side.lock().refused_our_traffic)
+    /// Whether the backend sent GOAWAY(ENHANCE_YOUR_CALM) on this
+    /// connection: seen by its transport, or over a relay connection by the
+    /// relay itself (before it passes the GOAWAY on to the bridge). Known
+    /// as soon as it arrives, before the connection's task records why it
+    /// ended — which a call that lost its stream may ask first.
+    fn saw_calm(&self) -> bool {
+        self.last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+            || self
+                .relay
+                .as_ref()
+                .is_some_and(|relay| relay.side.lock().refused_our_traffic)
     }
 }
 
@@ -611,9 +618,8 @@ impl Slot {
         let recorded = self.conn.end.get().copied();
         match recorded {
             // Not ended yet, or retired (say, by the call that saw its
-            // stream fail) before the h2 client read why: the relay may
-            // know better.
-            None | Some(ConnectionEnd::Other) if self.conn.relay_saw_calm() => Some(ConnectionEnd::RefusedOurTraffic),
+            // stream fail) before its task recorded why.
+            None | Some(ConnectionEnd::Other) if self.conn.saw_calm() => Some(ConnectionEnd::RefusedOurTraffic),
             _ => recorded,
         }
     }
@@ -712,7 +718,6 @@ async fn drive(
     pool: Weak<Pool>,
     mut connection: h2::client::Connection<Transport, Bytes>,
     mut ping: h2::PingPong,
-    last_goaway: LastGoAway,
 ) {
     let Some(settings) = pool.upgrade().map(|p| p.settings.clone()) else {
         return;
@@ -736,7 +741,7 @@ async fn drive(
                 // followed by a TCP reset (the server closed with our
                 // requests unread) ends in the I/O error, and the transport
                 // saw the GOAWAY all the same.
-                if last_goaway.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || conn.relay_saw_calm() {
+                if conn.saw_calm() {
                     end = ConnectionEnd::RefusedOurTraffic;
                 }
                 break match result {
