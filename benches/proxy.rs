@@ -84,7 +84,10 @@
 //! - `backend share`: how the calls in the closed-loop window spread over the
 //!   three replicas (`direct` only ever reaches the first).
 //! - With `--runs N` the whole set is measured N times (fresh proxies each
-//!   time) and every figure is the median over the runs.
+//!   time) and every figure is the median over the runs. grpc-edge's CPU
+//!   per call is also given as a ratio to HAProxy's run by run, with the
+//!   median of those ratios: the machine's speed drifts between runs more
+//!   than within one.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -1478,9 +1481,47 @@ fn print_report(results: &BTreeMap<Target, Vec<Result<Sample, String>>>) {
     }
     print_closed_table(&summaries);
     print_ratios(&summaries);
+    print_paired_ratios(results);
     print_open_table(&summaries);
     print_errors(results);
     warn_about_other_load(results);
+}
+
+/// CPU per call of grpc-edge against HAProxy within each run. A run
+/// measures every target within a minute or two, so its ratio is not moved
+/// by the machine getting slower or faster between runs, as the ratio of
+/// the medians over all runs can be.
+fn print_paired_ratios(results: &BTreeMap<Target, Vec<Result<Sample, String>>>) {
+    let cpu = |target: Target| -> Vec<Option<f64>> {
+        let samples = results.get(&target).map(Vec::as_slice).unwrap_or_default();
+        samples
+            .iter()
+            .map(|s| s.as_ref().ok().and_then(|s| s.closed.cpu_us_per_call))
+            .collect()
+    };
+    let haproxy = cpu(Target::Haproxy);
+    for (target, label) in [
+        (Target::GrpcEdge, "grpc-edge"),
+        (Target::GrpcEdgeQuiet, "grpc-edge-quiet"),
+    ] {
+        let ratios: Vec<f64> = cpu(target)
+            .iter()
+            .zip(&haproxy)
+            .filter_map(|(edge, haproxy)| match (edge, haproxy) {
+                (Some(edge), Some(haproxy)) if *haproxy > 0.0 => Some(edge / haproxy),
+                _ => None,
+            })
+            .collect();
+        if ratios.len() < 2 {
+            continue;
+        }
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{label} CPU/call ÷ haproxy CPU/call, run by run: {} (median {})",
+            each.join(" "),
+            fmt(median(ratios.iter().map(|r| Some(*r))), 2)
+        );
+    }
 }
 
 /// Other processes on the benchmark's cores skew every figure; say so.

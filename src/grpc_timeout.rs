@@ -39,27 +39,39 @@ pub(crate) fn parse(value: &[u8]) -> Result<Duration, InvalidTimeout> {
 
 /// Encodes a duration in the finest unit whose value fits in 8 digits.
 pub(crate) fn encode(timeout: Duration) -> HeaderValue {
-    const MAX: u128 = 99_999_999;
-    let nanos = timeout.as_nanos();
-    let (value, unit) = [
-        (1, 'n'),
-        (1_000, 'u'),
-        (1_000_000, 'm'),
-        (1_000_000_000, 'S'),
-        (60_000_000_000, 'M'),
-        (3_600_000_000_000, 'H'),
-    ]
-    .into_iter()
-    // Round up, so a deadline is never shortened by the encoding below the unit.
-    .map(|(per_unit, unit)| (nanos.div_ceil(per_unit), unit))
-    .find(|(value, _)| *value <= MAX)
-    .unwrap_or((MAX, 'H'));
-    let mut buf = itoa::Buffer::new();
-    let digits = buf.format(value.max(1) as u64);
-    let mut text = [0u8; 9];
-    text[..digits.len()].copy_from_slice(digits.as_bytes());
-    text[digits.len()] = unit as u8;
-    HeaderValue::from_bytes(&text[..=digits.len()]).unwrap_or_else(|_| HeaderValue::from_static("1n"))
+    let mut text = Text::default();
+    HeaderValue::from_bytes(text.encode(timeout)).unwrap_or_else(|_| HeaderValue::from_static("1n"))
+}
+
+/// Room for an encoded `grpc-timeout` value (8 digits and a unit), so the
+/// relay, which copies the value into its header block, allocates nothing.
+#[derive(Default)]
+pub(crate) struct Text([u8; 9]);
+
+impl Text {
+    /// [`encode`], written here.
+    pub(crate) fn encode(&mut self, timeout: Duration) -> &[u8] {
+        const MAX: u128 = 99_999_999;
+        let nanos = timeout.as_nanos();
+        let (value, unit) = [
+            (1, 'n'),
+            (1_000, 'u'),
+            (1_000_000, 'm'),
+            (1_000_000_000, 'S'),
+            (60_000_000_000, 'M'),
+            (3_600_000_000_000, 'H'),
+        ]
+        .into_iter()
+        // Round up, so a deadline is never shortened by the encoding below the unit.
+        .map(|(per_unit, unit)| (nanos.div_ceil(per_unit), unit))
+        .find(|(value, _)| *value <= MAX)
+        .unwrap_or((MAX, 'H'));
+        let mut buf = itoa::Buffer::new();
+        let digits = buf.format(value.max(1) as u64);
+        self.0[..digits.len()].copy_from_slice(digits.as_bytes());
+        self.0[digits.len()] = unit as u8;
+        &self.0[..=digits.len()]
+    }
 }
 
 #[cfg(test)]

@@ -381,8 +381,8 @@ impl ClientHandler {
         }
         if let Some(at) = attempt.deadline {
             let remaining = at.saturating_duration_since(now);
-            self.upstream_fields
-                .push(b"grpc-timeout", crate::grpc_timeout::encode(remaining).as_bytes());
+            let mut text = crate::grpc_timeout::Text::default();
+            self.upstream_fields.push(b"grpc-timeout", text.encode(remaining));
         }
         let mut credits = Vec::new();
         let mut state = upstream.lock();
@@ -636,7 +636,8 @@ fn forwarded_fields(
     }
     out.push(b"x-forwarded-proto", info.scheme.as_bytes());
     if let Some(remaining) = remaining {
-        out.push(b"grpc-timeout", crate::grpc_timeout::encode(remaining).as_bytes());
+        let mut text = crate::grpc_timeout::Text::default();
+        out.push(b"grpc-timeout", text.encode(remaining));
     }
     if let Some(trace) = trace {
         out.push(b"traceparent", &trace::upstream_traceparent(trace));

@@ -940,6 +940,20 @@ impl SideState {
         if let Some(telemetry) = &mut half.telemetry {
             telemetry.outbound.data(&data);
         }
+        // The common case, nothing queued and room for all of it: one frame
+        // written at once, without a queue to allocate.
+        let room = MAX_BUFFER.saturating_sub(self.out.len() + self.backlog);
+        let allowed = (half.window.min(self.window).max(0) as usize)
+            .min(room)
+            .min(self.max_frame);
+        if half.queue.is_empty() && !data.is_empty() && data.len() <= allowed {
+            frame::write_data(&mut self.out, stream, end, &data);
+            half.end_sent = end;
+            half.window -= data.len() as i64;
+            self.window -= data.len() as i64;
+            Self::owe(half, data.len() as u32, credits);
+            return self.remove_if_done(stream);
+        }
         if !data.is_empty() {
             half.queue.push_back(Queued::Data(data));
         }
@@ -1175,6 +1189,12 @@ impl SideState {
                 }
             }
         }
+        Self::owe(half, sent, credits);
+    }
+
+    /// `sent` bytes of the peer leg's data left here: owed back to its
+    /// sender, less what was credited before it was sent.
+    fn owe(half: &mut Half, mut sent: u32, credits: &mut Vec<Credit>) {
         let already = sent.min(half.credited_before);
         half.credited_before -= already;
         sent -= already;

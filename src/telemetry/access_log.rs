@@ -169,6 +169,8 @@ pub(crate) fn format_text(out: &mut String, now: SystemTime, entry: &Entry<'_>) 
         out.push_str(key);
         out.push('=');
         match value {
+            // Written out: `Debug` costs a formatter for each empty field.
+            Value::Str("") => out.push_str("\"\""),
             Value::Str(s) if needs_quotes(s) => {
                 let _ = write!(out, "{s:?}");
             }
